@@ -1,0 +1,369 @@
+//! What a command does, independent of where the data lives.
+//!
+//! A backend reads the current value of the command's key (or a range for `list`), calls
+//! [`evaluate`], writes the returned [`Effect`] and stores the [`Outcome`], all in one atomic
+//! operation. Keeping the semantics here means every backend answers identically.
+
+use bully_client::{Command, Entry, Outcome};
+use serde_json::Value;
+
+/// The change a command makes to its key.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    None,
+    Set(Value),
+    Remove,
+}
+
+/// Outcome and effect of a single-key command given the key's current value.
+///
+/// `list` is not single-key: backends answer it with [`page`].
+pub fn evaluate(command: &Command, current: Option<&Value>) -> (Outcome, Effect) {
+    match command {
+        Command::Put { value, .. } => (Outcome::Ok, Effect::Set(value.clone())),
+        Command::Get { .. } => match current {
+            Some(value) => (
+                Outcome::Value {
+                    value: value.clone(),
+                },
+                Effect::None,
+            ),
+            None => (Outcome::NotFound, Effect::None),
+        },
+        Command::Delete { .. } => match current {
+            Some(_) => (Outcome::Ok, Effect::Remove),
+            None => (Outcome::NotFound, Effect::None),
+        },
+        Command::Cas { expected, new, .. } => {
+            if current == expected.as_ref() {
+                (Outcome::Ok, Effect::Set(new.clone()))
+            } else {
+                (
+                    Outcome::CasMismatch {
+                        current: current.cloned(),
+                    },
+                    Effect::None,
+                )
+            }
+        }
+        Command::Incr { delta, .. } => {
+            let base = match current {
+                None => Some(0),
+                Some(value) => value.as_i64(),
+            };
+            match base {
+                None => (
+                    Outcome::TypeMismatch {
+                        message: "the value is not an integer".into(),
+                    },
+                    Effect::None,
+                ),
+                Some(base) => match base.checked_add(*delta) {
+                    Some(sum) => (
+                        Outcome::Counter { value: sum },
+                        Effect::Set(Value::from(sum)),
+                    ),
+                    None => (
+                        Outcome::TypeMismatch {
+                            message: format!("{base} + {delta} overflows a 64-bit integer"),
+                        },
+                        Effect::None,
+                    ),
+                },
+            }
+        }
+        Command::List { .. } => (Outcome::NotFound, Effect::None),
+    }
+}
+
+/// The key a single-key command touches (`None` for `list`).
+pub fn key_of(command: &Command) -> Option<&str> {
+    match command {
+        Command::Put { key, .. }
+        | Command::Get { key }
+        | Command::Delete { key }
+        | Command::Cas { key, .. }
+        | Command::Incr { key, .. } => Some(key),
+        Command::List { .. } => None,
+    }
+}
+
+/// A `list` query in backend-neutral form: keys `> lower` (exclusive, if any) that start with
+/// `prefix`, in ascending byte order, at most `limit + 1` of them (one extra to know whether a
+/// next page exists).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListQuery {
+    pub prefix: String,
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+impl ListQuery {
+    pub fn from_command(command: &Command, max_page: u32) -> Option<ListQuery> {
+        match command {
+            Command::List {
+                prefix,
+                limit,
+                after,
+            } => Some(ListQuery {
+                prefix: prefix.clone().unwrap_or_default(),
+                after: after.clone(),
+                limit: limit.unwrap_or(max_page).clamp(1, max_page) as usize,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether `key` belongs to this query's range (ignoring the limit).
+    pub fn matches(&self, key: &str) -> bool {
+        key.starts_with(&self.prefix) && self.after.as_deref().is_none_or(|after| key > after)
+    }
+}
+
+/// Builds a page from up to `limit + 1` matching entries in key order.
+pub fn page(query: &ListQuery, mut entries: Vec<Entry>) -> Outcome {
+    let next = if entries.len() > query.limit {
+        entries.truncate(query.limit);
+        entries.last().map(|e| e.key.clone())
+    } else {
+        None
+    };
+    Outcome::Page {
+        items: entries,
+        next,
+    }
+}
+
+/// A stable fingerprint of a command, stored with its record so that reusing an id for a
+/// different command is detected: FNV-1a over a canonical walk of its JSON form (object keys
+/// sorted, since serde_json may preserve insertion order when a dependency enables it).
+pub fn fingerprint(command: &Command) -> String {
+    let mut hash = Fnv(0xcbf2_9ce4_8422_2325);
+    match serde_json::to_value(command) {
+        Ok(value) => hash.value(&value),
+        Err(_) => hash.bytes(command.kind().as_bytes()),
+    }
+    format!("{:016x}", hash.0)
+}
+
+struct Fnv(u64);
+
+impl Fnv {
+    fn bytes(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    /// Each token is tagged and length-prefixed, so distinct values cannot hash as one stream.
+    fn value(&mut self, value: &Value) {
+        match value {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                self.bytes(&[b'{']);
+                self.bytes(&(keys.len() as u64).to_le_bytes());
+                for key in keys {
+                    self.string(key);
+                    self.value(&map[key]);
+                }
+            }
+            Value::Array(items) => {
+                self.bytes(&[b'[']);
+                self.bytes(&(items.len() as u64).to_le_bytes());
+                items.iter().for_each(|item| self.value(item));
+            }
+            Value::String(s) => {
+                self.bytes(&[b's']);
+                self.string(s);
+            }
+            other => {
+                self.bytes(&[b'v']);
+                self.string(&other.to_string());
+            }
+        }
+    }
+
+    fn string(&mut self, s: &str) {
+        self.bytes(&(s.len() as u64).to_le_bytes());
+        self.bytes(s.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn k() -> String {
+        "k".to_string()
+    }
+
+    #[test]
+    fn single_key_semantics() {
+        let one = json!(1);
+        let cases: Vec<(Command, Option<&Value>, Outcome, Effect)> = vec![
+            (
+                Command::Put {
+                    key: k(),
+                    value: json!("v"),
+                },
+                None,
+                Outcome::Ok,
+                Effect::Set(json!("v")),
+            ),
+            (
+                Command::Get { key: k() },
+                None,
+                Outcome::NotFound,
+                Effect::None,
+            ),
+            (
+                Command::Get { key: k() },
+                Some(&one),
+                Outcome::Value { value: json!(1) },
+                Effect::None,
+            ),
+            (
+                Command::Delete { key: k() },
+                None,
+                Outcome::NotFound,
+                Effect::None,
+            ),
+            (
+                Command::Delete { key: k() },
+                Some(&one),
+                Outcome::Ok,
+                Effect::Remove,
+            ),
+            (
+                Command::Cas {
+                    key: k(),
+                    expected: None,
+                    new: json!(2),
+                },
+                None,
+                Outcome::Ok,
+                Effect::Set(json!(2)),
+            ),
+            (
+                Command::Cas {
+                    key: k(),
+                    expected: None,
+                    new: json!(2),
+                },
+                Some(&one),
+                Outcome::CasMismatch {
+                    current: Some(json!(1)),
+                },
+                Effect::None,
+            ),
+            (
+                Command::Cas {
+                    key: k(),
+                    expected: Some(json!(1)),
+                    new: json!(2),
+                },
+                Some(&one),
+                Outcome::Ok,
+                Effect::Set(json!(2)),
+            ),
+            (
+                Command::Cas {
+                    key: k(),
+                    expected: Some(json!(1)),
+                    new: json!(2),
+                },
+                None,
+                Outcome::CasMismatch { current: None },
+                Effect::None,
+            ),
+            (
+                Command::Incr { key: k(), delta: 5 },
+                None,
+                Outcome::Counter { value: 5 },
+                Effect::Set(json!(5)),
+            ),
+            (
+                Command::Incr {
+                    key: k(),
+                    delta: -2,
+                },
+                Some(&one),
+                Outcome::Counter { value: -1 },
+                Effect::Set(json!(-1)),
+            ),
+        ];
+        for (command, current, outcome, effect) in cases {
+            assert_eq!(
+                evaluate(&command, current),
+                (outcome, effect),
+                "{command:?} on {current:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn incr_rejects_non_integers_and_overflow() {
+        let text = json!("x");
+        let (outcome, effect) = evaluate(&Command::Incr { key: k(), delta: 1 }, Some(&text));
+        assert!(matches!(outcome, Outcome::TypeMismatch { .. }));
+        assert_eq!(effect, Effect::None);
+        let max = json!(i64::MAX);
+        let (outcome, effect) = evaluate(&Command::Incr { key: k(), delta: 1 }, Some(&max));
+        assert!(matches!(outcome, Outcome::TypeMismatch { .. }));
+        assert_eq!(effect, Effect::None);
+    }
+
+    #[test]
+    fn pages_report_the_next_key() {
+        let query = ListQuery {
+            prefix: "a".into(),
+            after: None,
+            limit: 2,
+        };
+        let entries: Vec<Entry> = ["a1", "a2", "a3"]
+            .iter()
+            .map(|key| Entry {
+                key: key.to_string(),
+                value: json!(0),
+            })
+            .collect();
+        match page(&query, entries.clone()) {
+            Outcome::Page { items, next } => {
+                assert_eq!(items.len(), 2);
+                assert_eq!(next.as_deref(), Some("a2"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match page(&query, entries[..2].to_vec()) {
+            Outcome::Page { next, .. } => assert_eq!(next, None),
+            other => panic!("{other:?}"),
+        }
+        assert!(query.matches("a9") && !query.matches("b1"));
+        let after = ListQuery {
+            after: Some("a2".into()),
+            ..query
+        };
+        assert!(!after.matches("a2") && after.matches("a3"));
+    }
+
+    #[test]
+    fn fingerprints_tell_commands_apart() {
+        let a = Command::Put {
+            key: k(),
+            value: json!({"x": 1, "y": 2}),
+        };
+        let b = Command::Put {
+            key: k(),
+            value: json!({"y": 2, "x": 1}),
+        };
+        let c = Command::Put {
+            key: k(),
+            value: json!({"x": 2}),
+        };
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        assert_ne!(fingerprint(&a), fingerprint(&c));
+    }
+}

@@ -1,0 +1,112 @@
+//! The store: where terms, the key-value data and the command log live.
+//!
+//! Every backend gives the same three guarantees, checked by one conformance suite
+//! ([`conformance`]) run against each:
+//!
+//! - **Terms fence coordinators.** [`Store::claim_term`] atomically increments one record and
+//!   returns the new term. [`Store::apply`] succeeds only while its term is still the current one,
+//!   checked in the same atomic operation as the effect, so a deposed coordinator can never
+//!   commit.
+//! - **Exactly-once.** A write's result is stored with its effect, keyed by the command id; applying
+//!   the same id again returns the stored result (`duplicate = true`) without a second effect.
+//! - **One order.** Every applied command gets the next sequence number from the same record as
+//!   the term, so numbers increase strictly across terms.
+//!
+//! # Layout
+//! - [`embedded`]: SQLite in WAL mode; several processes on one machine may share one file.
+//! - [`mongo`]: a MongoDB replica set through the official driver, majority write concern.
+//! - [`logic`]: what a command does to a value: shared by the backends so they cannot disagree.
+
+use async_trait::async_trait;
+use bully_client::{Command, Outcome};
+
+pub mod embedded;
+pub mod logic;
+pub mod mongo;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod conformance;
+
+/// What [`Store::apply`] returns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Applied {
+    pub seq: u64,
+    pub term: u64,
+    pub outcome: Outcome,
+    /// The id had been applied before; `seq`, `term` and `outcome` are the stored ones.
+    pub duplicate: bool,
+}
+
+/// The fencing record.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct FenceState {
+    /// The current term (0 before anyone claimed one).
+    pub term: u64,
+    /// Who claimed it (a server's peer address and rank).
+    pub holder: String,
+    /// The last sequence number handed out.
+    pub seq: u64,
+}
+
+/// A stored command record, as the exactly-once check sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    pub id: String,
+    pub seq: u64,
+    pub term: u64,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The term passed to `apply` is no longer current; nothing was applied.
+    #[error("term {mine} was superseded by term {current}")]
+    Fenced { mine: u64, current: u64 },
+    /// The id was applied before, for a different command; nothing was applied.
+    #[error("command id {id} was already used for a different command")]
+    IdConflict { id: String },
+    /// The store did not answer within the deadline. The command may or may not have been
+    /// applied; retrying it with the same id is safe.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored document could not be read back (corruption or an incompatible schema).
+    #[error("store data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A fenced, exactly-once command store. Implementations are cheap to share (`Arc`).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Atomically sets the term to the current term + 1 with `holder` as its holder, and
+    /// returns the new term.
+    async fn claim_term(&self, holder: &str) -> Result<u64>;
+
+    /// Applies `command` under `term`: fenced (fails with [`StoreError::Fenced`] and no effect
+    /// unless `term` is current) and exactly-once by `id` (writes only: reads are not recorded,
+    /// since repeating them changes nothing).
+    async fn apply(&self, term: u64, id: &str, command: &Command) -> Result<Applied>;
+
+    /// The fencing record as it is now.
+    async fn fence_state(&self) -> Result<FenceState>;
+
+    /// The stored record of command `id`, if any.
+    async fn record(&self, id: &str) -> Result<Option<Record>>;
+
+    /// Deletes command records stored before `before_ms` (milliseconds since the Unix epoch);
+    /// returns how many. A retry of an expired id is applied again, so the retention must
+    /// exceed any client's retry window.
+    async fn expire(&self, before_ms: i64) -> Result<u64>;
+
+    /// A short name for logs and metrics ("embedded", "mongodb").
+    fn backend(&self) -> &'static str;
+}
+
+/// Milliseconds since the Unix epoch, for record timestamps.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
