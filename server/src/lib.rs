@@ -1,1 +1,2 @@
+pub mod election;
 pub mod store;
