@@ -1,2 +1,249 @@
+//! bully-server: a Bully-elected coordinator that executes client commands serially on a
+//! fenced store.
+//!
+//! # Layout
+//! - [`election`]: the Bully state machine (pure: messages and ticks in, messages out).
+//! - [`node`]: the tokio driver that does the election's I/O and publishes a [`node::View`].
+//! - [`peers`]: discovery (static list, DNS) and the peer transport.
+//! - [`executor`]: the single task that owns command execution and applies commands in order.
+//! - [`store`]: the `Store` trait with its embedded (SQLite) and MongoDB backends.
+//! - [`http`]: the client and peer APIs, health, status and metrics.
+//! - [`config`], [`auth`], [`metrics`], [`error`]: the rest; [`local`]: the one-command cluster.
+//!
+//! Data path of one command: client → [`http`] (decode, validate) → executor queue →
+//! [`store`] (fenced write) → reply.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+pub mod auth;
+pub mod config;
 pub mod election;
+pub mod error;
+pub mod executor;
+pub mod http;
+pub mod local;
+pub mod metrics;
+pub mod node;
+pub mod peers;
 pub mod store;
+pub mod telemetry;
+
+use config::{ServeArgs, StoreKind};
+use election::NodeInfo;
+use peers::discovery::Discovery;
+use store::Store;
+
+/// Opens the configured store backend (creating its schema if needed).
+pub async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match args.store {
+        StoreKind::Embedded => Arc::new(
+            store::embedded::EmbeddedStore::open(&args.embedded_path)
+                .with_context(|| format!("opening {}", args.embedded_path.display()))?,
+        ),
+        StoreKind::Mongodb => {
+            let uri = args.mongodb_uri.as_deref().unwrap_or_default();
+            let options = store::mongo::MongoOptions {
+                op_deadline: args.store_timeout,
+            };
+            Arc::new(
+                store::mongo::MongoStore::connect(uri, &args.mongodb_database, options)
+                    .await
+                    .context("connecting to MongoDB")?,
+            )
+        }
+    })
+}
+
+/// The host this server tells others to reach it at.
+async fn advertise_host(args: &ServeArgs, listen: SocketAddr) -> String {
+    if let Some(host) = &args.advertise_host {
+        return host.clone();
+    }
+    if !listen.ip().is_unspecified() {
+        return listen.ip().to_string();
+    }
+    // In a container or pod the host name resolves to the interface address.
+    if let Ok(name) = nix::unistd::gethostname()
+        && let Some(name) = name.to_str()
+        && let Ok(addrs) = tokio::net::lookup_host((name, 0)).await
+    {
+        let mut addrs: Vec<SocketAddr> = addrs.filter(|a| !a.ip().is_loopback()).collect();
+        addrs.sort_by_key(|a| a.is_ipv6());
+        if let Some(addr) = addrs.first() {
+            return addr.ip().to_string();
+        }
+    }
+    "127.0.0.1".to_string()
+}
+
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Runs one server on the given listeners until `shutdown` completes, then hands over (if
+/// coordinator) and returns.
+pub async fn run(
+    args: ServeArgs,
+    client_listener: TcpListener,
+    peer_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    args.validate()?;
+    let token = match &args.token_file {
+        Some(path) => Some(auth::Token::from_file(path).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let store = open_store(&args).await?;
+    let rank = args.rank.unwrap_or_else(rand::random);
+    let client_addr = client_listener.local_addr()?;
+    let host = advertise_host(&args, client_addr).await;
+    let me = NodeInfo {
+        rank,
+        peer_addr: join_host_port(&host, peer_listener.local_addr()?.port()),
+        client_addr: join_host_port(&host, client_addr.port()),
+    };
+    info!(
+        rank,
+        peer_addr = %me.peer_addr,
+        client_addr = %me.client_addr,
+        store = store.backend(),
+        "server starting"
+    );
+
+    let metrics = Arc::new(metrics::Metrics::new());
+    let last_seq = Arc::new(AtomicU64::new(0));
+    let (events_tx, events_rx) = mpsc::channel(1024);
+    let (jobs_tx, jobs_rx) = mpsc::channel(args.queue_capacity);
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let (view_tx, view_rx) = watch::channel(node::View::starting());
+    let heartbeat = args.heartbeat_interval;
+    let config = election::Config::new(
+        heartbeat.as_millis() as u64,
+        args.heartbeat_timeout.as_millis() as u64,
+    );
+
+    tokio::spawn(
+        executor::Executor {
+            store: store.clone(),
+            jobs: jobs_rx,
+            control: control_rx,
+            events: events_tx.clone(),
+            view: view_rx.clone(),
+            metrics: metrics.clone(),
+            last_seq: last_seq.clone(),
+            retention: args.retention,
+        }
+        .run(),
+    );
+    let discovery = match &args.peer_dns {
+        Some(name) => Discovery::Dns {
+            name: name.clone(),
+            interval: args.peer_dns_interval,
+        },
+        None => Discovery::Static(args.peers.clone()),
+    };
+    tokio::spawn(discovery.run(events_tx.clone()));
+    let transport = peers::transport::Transport::new(
+        token.as_ref().map(|t| t.secret()),
+        // A message older than the failure timeout is useless; don't let it hold the queue.
+        (heartbeat * 2)
+            .max(Duration::from_millis(200))
+            .min(args.heartbeat_timeout),
+    );
+    let mut driver = tokio::spawn(
+        node::Driver {
+            node: election::Node::new(me.clone(), config, 0),
+            events_rx,
+            events: events_tx.clone(),
+            jobs: jobs_tx.clone(),
+            control: control_tx,
+            view: view_tx,
+            transport,
+            store,
+            metrics: metrics.clone(),
+            tick: (heartbeat / 4).max(Duration::from_millis(5)),
+        }
+        .run(),
+    );
+
+    let state = http::AppState {
+        me,
+        view: view_rx,
+        jobs: jobs_tx,
+        events: events_tx.clone(),
+        limits: args.limits(),
+        max_body: args.max_body_bytes(),
+        metrics,
+        last_seq,
+        token,
+        hold: (args.heartbeat_timeout * 2).min(Duration::from_secs(3)),
+        answer_timeout: args.store_timeout + Duration::from_secs(5),
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let client_server = tokio::spawn(
+        axum::serve(client_listener, http::client_router(state.clone()))
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
+    );
+    let peer_server = tokio::spawn(
+        axum::serve(peer_listener, http::peer_router(state))
+            .with_graceful_shutdown(stopped(stop_rx))
+            .into_future(),
+    );
+
+    tokio::select! {
+        _ = shutdown => {
+            let _ = events_tx.send(node::Event::Shutdown).await;
+            match tokio::time::timeout(args.shutdown_timeout, &mut driver).await {
+                Ok(_) => info!("stopped cleanly"),
+                Err(_) => warn!(timeout = ?args.shutdown_timeout, "handover did not finish in time; exiting anyway"),
+            }
+        }
+        _ = &mut driver => warn!("election driver stopped"),
+    }
+    let _ = stop_tx.send(true);
+    for server in [client_server, peer_server] {
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    }
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,1 +1,55 @@
-fn main(){}
+//! `bully-server`: parses the configuration and runs a server (`serve`) or a local cluster
+//! (`local`). Exit codes: 0 clean stop, 1 runtime failure, 2 configuration error.
+
+use std::process::ExitCode;
+
+use bully_server::config::{Cli, Command};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => {
+            bully_server::telemetry::init(args.log.log_format);
+            if let Err(e) = args.validate() {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+            runtime.block_on(async move {
+                let client = match tokio::net::TcpListener::bind(args.listen).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!("error: cannot listen on {} (--listen): {e}", args.listen);
+                        return ExitCode::from(2);
+                    }
+                };
+                let peer = match tokio::net::TcpListener::bind(args.peer_listen).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!(
+                            "error: cannot listen on {} (--peer-listen): {e}",
+                            args.peer_listen
+                        );
+                        return ExitCode::from(2);
+                    }
+                };
+                match bully_server::run(*args, client, peer, bully_server::shutdown_signal()).await
+                {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        tracing::error!(error = format!("{e:#}"), "server failed");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+        Command::Local(args) => runtime.block_on(bully_server::local::run(args)),
+    }
+}

@@ -1,0 +1,244 @@
+//! Command-line and environment configuration, validated once at startup.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bully-server",
+    version,
+    about = "Bully-elected coordinator for serial command execution"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run one server.
+    Serve(Box<ServeArgs>),
+    /// Run a whole cluster on loopback, sharing the embedded store (Ctrl-C stops it).
+    Local(crate::local::LocalArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// SQLite file shared by the servers of one machine.
+    Embedded,
+    /// A MongoDB replica set.
+    Mongodb,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logging flags shared by every subcommand.
+#[derive(Args, Clone, Debug)]
+pub struct LogArgs {
+    /// Log format (the level comes from RUST_LOG, default info).
+    #[arg(long, env = "BULLY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct ServeArgs {
+    /// Client API, health, status and metrics.
+    #[arg(long, env = "BULLY_LISTEN", default_value = "0.0.0.0:7070")]
+    pub listen: SocketAddr,
+    /// Peer API (election, heartbeats); keep it reachable only from other servers.
+    #[arg(long, env = "BULLY_PEER_LISTEN", default_value = "0.0.0.0:7071")]
+    pub peer_listen: SocketAddr,
+    /// Host or IP other servers and clients reach this server at (in Kubernetes: the pod IP).
+    /// Default: the listen address if it is specific, else this host name's first address.
+    #[arg(long, env = "BULLY_ADVERTISE_HOST")]
+    pub advertise_host: Option<String>,
+    /// Static peer list: host:port of each server's peer API (this server's own is skipped).
+    #[arg(long, env = "BULLY_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// Discover peers from DNS: every A/AAAA record of NAME (a headless Service), at PORT.
+    #[arg(long, env = "BULLY_PEER_DNS", value_name = "NAME:PORT")]
+    pub peer_dns: Option<String>,
+    /// How often DNS discovery is repeated, to find restarted or new servers.
+    #[arg(long, env = "BULLY_PEER_DNS_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub peer_dns_interval: Duration,
+    /// Election rank; random (u64) unless given. For tests and demos only.
+    #[arg(long, env = "BULLY_RANK")]
+    pub rank: Option<u64>,
+    /// Heartbeat interval.
+    #[arg(long, env = "BULLY_HEARTBEAT_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// A coordinator not heard from for this long is presumed dead and a new election starts.
+    #[arg(long, env = "BULLY_HEARTBEAT_TIMEOUT", default_value = "800ms", value_parser = humantime::parse_duration)]
+    pub heartbeat_timeout: Duration,
+    /// Store backend.
+    #[arg(long, env = "BULLY_STORE", value_enum, default_value_t = StoreKind::Embedded)]
+    pub store: StoreKind,
+    /// SQLite file for the embedded store (shared by every server on this machine).
+    #[arg(long, env = "BULLY_EMBEDDED_PATH", default_value = "bully.db")]
+    pub embedded_path: PathBuf,
+    /// MongoDB connection string (with ?replicaSet=...). May hold credentials: never logged.
+    #[arg(long, env = "BULLY_MONGODB_URI", hide_env_values = true)]
+    pub mongodb_uri: Option<String>,
+    /// MongoDB database name.
+    #[arg(long, env = "BULLY_MONGODB_DATABASE", default_value = "bully")]
+    pub mongodb_database: String,
+    /// How long one store operation may retry transient errors before giving up.
+    #[arg(long, env = "BULLY_STORE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub store_timeout: Duration,
+    /// Commands the coordinator queues before answering 503.
+    #[arg(long, env = "BULLY_QUEUE_CAPACITY", default_value_t = 1024)]
+    pub queue_capacity: usize,
+    /// Longest key, in bytes.
+    #[arg(long, env = "BULLY_MAX_KEY_BYTES", default_value_t = bully_client::DEFAULT_MAX_KEY_BYTES)]
+    pub max_key_bytes: usize,
+    /// Largest value (its JSON encoding), in bytes.
+    #[arg(long, env = "BULLY_MAX_VALUE_BYTES", default_value_t = bully_client::DEFAULT_MAX_VALUE_BYTES)]
+    pub max_value_bytes: usize,
+    /// Largest `list` page.
+    #[arg(long, env = "BULLY_MAX_PAGE", default_value_t = bully_client::DEFAULT_MAX_PAGE)]
+    pub max_page: u32,
+    /// How long command results are kept for exactly-once retries.
+    #[arg(long, env = "BULLY_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+    /// On SIGTERM, how long a coordinator may take to drain its queue and hand over.
+    #[arg(long, env = "BULLY_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// File holding the bearer token required on the client and peer APIs.
+    #[arg(long, env = "BULLY_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// A configuration error, phrased as what to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl ServeArgs {
+    /// Checks the combination of flags; the message says which flag to change.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |m: String| Err(ConfigError(m));
+        if self.heartbeat_interval.is_zero() {
+            return fail("--heartbeat-interval must be greater than zero".into());
+        }
+        if self.heartbeat_timeout < self.heartbeat_interval * 3 {
+            return fail(format!(
+                "--heartbeat-timeout ({:?}) must be at least 3 x --heartbeat-interval ({:?}), \
+                 or one lost heartbeat would start an election",
+                self.heartbeat_timeout, self.heartbeat_interval
+            ));
+        }
+        if !self.peers.is_empty() && self.peer_dns.is_some() {
+            return fail("give either --peers or --peer-dns, not both".into());
+        }
+        if let Some(dns) = &self.peer_dns
+            && dns
+                .rsplit_once(':')
+                .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+        {
+            return fail(format!("--peer-dns must be NAME:PORT, got {dns:?}"));
+        }
+        for peer in &self.peers {
+            if peer
+                .rsplit_once(':')
+                .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+            {
+                return fail(format!("--peers entries must be HOST:PORT, got {peer:?}"));
+            }
+        }
+        if self.store == StoreKind::Mongodb && self.mongodb_uri.is_none() {
+            return fail("--store mongodb needs --mongodb-uri (or BULLY_MONGODB_URI)".into());
+        }
+        if self.queue_capacity == 0 {
+            return fail("--queue-capacity must be at least 1".into());
+        }
+        if self.max_key_bytes == 0 || self.max_value_bytes == 0 || self.max_page == 0 {
+            return fail(
+                "--max-key-bytes, --max-value-bytes and --max-page must be positive".into(),
+            );
+        }
+        if self.retention < Duration::from_secs(60) {
+            return fail(format!(
+                "--retention ({:?}) must be at least 1m: clients retry within that window and \
+                 an expired id would be applied twice",
+                self.retention
+            ));
+        }
+        if self.listen == self.peer_listen && self.listen.port() != 0 {
+            return fail("--listen and --peer-listen must differ".into());
+        }
+        Ok(())
+    }
+
+    pub fn limits(&self) -> bully_client::Limits {
+        bully_client::Limits {
+            max_key_bytes: self.max_key_bytes,
+            max_value_bytes: self.max_value_bytes,
+            max_page: self.max_page,
+        }
+    }
+
+    /// Largest request body: the biggest value can appear twice (cas), plus envelope.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_value_bytes
+            .saturating_mul(2)
+            .saturating_add(self.max_key_bytes)
+            .saturating_add(64 * 1024)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> ServeArgs {
+        let mut full = vec!["bully-server", "serve"];
+        full.extend_from_slice(args);
+        match Cli::try_parse_from(full).unwrap().command {
+            Command::Serve(args) => *args,
+            Command::Local(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        parse(&[]).validate().unwrap();
+    }
+
+    #[test]
+    fn bad_combinations_name_the_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &[
+                    "--heartbeat-interval",
+                    "100ms",
+                    "--heartbeat-timeout",
+                    "200ms",
+                ],
+                "--heartbeat-timeout",
+            ),
+            (&["--peers", "a:1", "--peer-dns", "b:2"], "not both"),
+            (&["--peer-dns", "nameonly"], "--peer-dns"),
+            (&["--peers", "a:x"], "--peers"),
+            (&["--store", "mongodb"], "--mongodb-uri"),
+            (&["--queue-capacity", "0"], "--queue-capacity"),
+            (&["--retention", "1s"], "--retention"),
+            (
+                &["--listen", "127.0.0.1:9", "--peer-listen", "127.0.0.1:9"],
+                "--peer-listen",
+            ),
+        ];
+        for (args, needle) in cases {
+            let err = parse(args).validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Prometheus metrics, served as text on `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleLabels {
+    pub role: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabels {
+    pub kind: &'static str,
+    /// ok, failed (command-level), duplicate, rejected (4xx), error (5xx).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+/// Every metric this server exports.
+pub struct Metrics {
+    registry: Registry,
+    pub role: Family<RoleLabels, Gauge>,
+    pub term: Gauge,
+    pub elections: Counter,
+    pub commands: Family<CommandLabels, Counter>,
+    pub latency: Family<KindLabels, Histogram>,
+    pub queue_depth: Gauge,
+    pub live_peers: Gauge,
+    pub fenced: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("bully");
+        let role = Family::<RoleLabels, Gauge>::default();
+        let term = Gauge::default();
+        let elections = Counter::default();
+        let commands = Family::<CommandLabels, Counter>::default();
+        let latency = Family::<KindLabels, Histogram>::new_with_constructor(|| {
+            // 100 µs to ~6.5 s.
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.0001, 2.0, 17,
+            ))
+        });
+        let queue_depth = Gauge::default();
+        let live_peers = Gauge::default();
+        let fenced = Counter::default();
+        registry.register(
+            "role",
+            "1 for this server's current election role",
+            role.clone(),
+        );
+        registry.register("term", "Term held as coordinator (0 if none)", term.clone());
+        registry.register(
+            "elections",
+            "Elections this server started",
+            elections.clone(),
+        );
+        registry.register(
+            "commands",
+            "Client commands by kind and outcome",
+            commands.clone(),
+        );
+        registry.register(
+            "command_duration_seconds",
+            "Time from receipt to answer of commands this server executed",
+            latency.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Commands waiting for the executor",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "live_peers",
+            "Peers heard within the heartbeat timeout",
+            live_peers.clone(),
+        );
+        registry.register(
+            "fenced",
+            "Times this server found its term superseded",
+            fenced.clone(),
+        );
+        Metrics {
+            registry,
+            role,
+            term,
+            elections,
+            commands,
+            latency,
+            queue_depth,
+            live_peers,
+            fenced,
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn command(&self, kind: &'static str, outcome: &'static str) {
+        self.commands
+            .get_or_create(&CommandLabels { kind, outcome })
+            .inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
