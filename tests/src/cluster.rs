@@ -1,0 +1,379 @@
+//! A cluster of real `bully-server` processes on loopback, for process-level tests.
+//!
+//! Servers get explicit ranks (so a test knows who must win), their own ports, and a log file
+//! each in the cluster's temporary directory (printed when a test fails, kept with
+//! `BULLY_KEEP_LOGS=1`). Clusters run one at a time per test binary: the machines are small
+//! and timing-sensitive tests should not starve each other.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bully_client::{Client, ClientOptions, Command as Cmd, CommandRequest, CommandResponse, Status};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Heartbeat settings every test cluster uses.
+pub const HEARTBEAT: &str = "100ms";
+pub const TIMEOUT: Duration = Duration::from_millis(800);
+
+/// Path of a workspace binary, built by `cargo build --workspace --bins`.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Which store the servers share.
+#[derive(Clone, Debug)]
+pub enum StoreSpec {
+    Embedded,
+    Mongo { uri: String, database: String },
+}
+
+/// One server process.
+pub struct Server {
+    pub name: String,
+    pub client_addr: String,
+    pub peer_addr: String,
+    pub rank: u64,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Server {
+    pub fn pid(&self) -> Option<Pid> {
+        self.child.as_ref().map(|c| Pid::from_raw(c.id() as i32))
+    }
+}
+
+pub struct Cluster {
+    pub servers: Vec<Server>,
+    pub dir: tempfile::TempDir,
+    pub store: StoreSpec,
+    peers: Vec<String>,
+    extra: Vec<String>,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Cluster {
+    /// Starts one server per rank; all of them know every peer address.
+    pub fn start(ranks: &[u64], store: StoreSpec) -> Cluster {
+        Self::start_with(ranks, store, &[])
+    }
+
+    /// Like [`Cluster::start`], with extra `serve` flags for every server.
+    pub fn start_with(ranks: &[u64], store: StoreSpec, extra: &[&str]) -> Cluster {
+        let serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut servers = Vec::new();
+        for (i, rank) in ranks.iter().enumerate() {
+            servers.push(Server {
+                name: format!("s{}", i + 1),
+                client_addr: format!("127.0.0.1:{}", free_port()),
+                peer_addr: format!("127.0.0.1:{}", free_port()),
+                rank: *rank,
+                child: None,
+                log: dir.path().join(format!("s{}.log", i + 1)),
+            });
+        }
+        let peers = servers.iter().map(|s| s.peer_addr.clone()).collect();
+        let mut cluster = Cluster {
+            servers,
+            dir,
+            store,
+            peers,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            _serial: serial,
+        };
+        for i in 0..ranks.len() {
+            cluster.spawn(i);
+        }
+        cluster
+    }
+
+    /// (Re)starts server `i` with its current rank.
+    pub fn spawn(&mut self, i: usize) {
+        let server = &self.servers[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&server.log)
+            .expect("log file");
+        let mut command = Command::new(binary("bully-server"));
+        command
+            .arg("serve")
+            .args(["--listen", &server.client_addr])
+            .args(["--peer-listen", &server.peer_addr])
+            .args(["--advertise-host", "127.0.0.1"])
+            .args(["--peers", &self.peers.join(",")])
+            .args(["--rank", &server.rank.to_string()])
+            .args(["--heartbeat-interval", HEARTBEAT])
+            .args(["--heartbeat-timeout", &format!("{}ms", TIMEOUT.as_millis())])
+            .args(&self.extra)
+            .env("RUST_LOG", "info,bully_server=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        match &self.store {
+            StoreSpec::Embedded => {
+                command
+                    .args(["--store", "embedded"])
+                    .arg("--embedded-path")
+                    .arg(self.dir.path().join("bully.db"));
+            }
+            StoreSpec::Mongo { uri, database } => {
+                command
+                    .args(["--store", "mongodb"])
+                    .args(["--mongodb-database", database])
+                    .env("BULLY_MONGODB_URI", uri);
+            }
+        }
+        let child = command.spawn().expect("spawn bully-server");
+        self.servers[i].child = Some(child);
+    }
+
+    /// Restarts server `i` (which must have exited) with a new rank.
+    pub fn restart(&mut self, i: usize, rank: u64) {
+        if let Some(mut child) = self.servers[i].child.take() {
+            let _ = child.wait();
+        }
+        self.servers[i].rank = rank;
+        self.spawn(i);
+    }
+
+    pub fn signal(&self, i: usize, signal: Signal) {
+        let pid = self.servers[i].pid().expect("running server");
+        kill(pid, signal).expect("kill");
+    }
+
+    /// Waits for server `i` to exit; returns its exit code (None if killed by a signal).
+    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        let child = self.servers[i].child.as_mut().expect("child");
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "{} did not exit in {timeout:?}", self.servers[i].name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn client_addrs(&self) -> Vec<String> {
+        self.servers.iter().map(|s| s.client_addr.clone()).collect()
+    }
+
+    /// A Rust client over every server, with a generous deadline.
+    pub fn client(&self) -> Client {
+        Client::new(
+            self.client_addrs(),
+            ClientOptions {
+                timeout: Duration::from_secs(20),
+                attempt_timeout: Duration::from_secs(2),
+                token: None,
+            },
+        )
+        .expect("client")
+    }
+
+    pub async fn status(&self, i: usize) -> Option<Status> {
+        self.client().status(&self.servers[i].client_addr).await.ok()
+    }
+
+    /// Waits until every running server agrees that server `want` is the coordinator with a
+    /// claimed term; returns that term.
+    pub async fn await_coordinator(&self, want: usize, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        let want_addr = &self.servers[want].client_addr;
+        loop {
+            let mut agreed = None;
+            let mut all = true;
+            for (i, server) in self.servers.iter().enumerate() {
+                if server.child.is_none() || self.exited(i) {
+                    continue;
+                }
+                match self.status(i).await.and_then(|s| s.coordinator.filter(|_| s.ready)) {
+                    Some(c) if &c.client_addr == want_addr && c.term.is_some() => agreed = c.term,
+                    _ => all = false,
+                }
+            }
+            if all && let Some(term) = agreed {
+                return term;
+            }
+            if Instant::now() > deadline {
+                self.dump_logs();
+                panic!("{} did not become the agreed coordinator within {timeout:?}", self.servers[want].name);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn exited(&self, i: usize) -> bool {
+        // Exited, zombie and stopped (SIGSTOP) servers cannot answer: skip them.
+        let pid = self.servers[i].pid();
+        pid.is_none_or(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.is_empty() || stat.split_whitespace().nth(2) == Some("Z") || stat.split_whitespace().nth(2) == Some("T")
+        })
+    }
+
+    /// Prints every server's log to stderr (shown by the test runner on failure).
+    pub fn dump_logs(&self) {
+        for server in &self.servers {
+            let text = std::fs::read_to_string(&server.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(200).collect();
+            eprintln!("===== {} (rank {}) log tail =====", server.name, server.rank);
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        for server in &mut self.servers {
+            if let Some(mut child) = server.child.take() {
+                if let Some(pid) = Some(Pid::from_raw(child.id() as i32)) {
+                    let _ = kill(pid, Signal::SIGCONT);
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::env::var_os("BULLY_KEEP_LOGS").is_some() {
+            let path = self.dir.path().to_path_buf();
+            std::mem::forget(std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir")));
+            eprintln!("logs kept in {}", path.display());
+        }
+    }
+}
+
+/// What a workload saw.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Acknowledged commands: id → response, per worker in completion order.
+    pub acked: Vec<Vec<(String, CommandResponse)>>,
+    /// Commands that did not execute before the client's deadline: (id, error).
+    pub failed: Vec<(String, String)>,
+    /// Every id issued.
+    pub issued: Vec<String>,
+}
+
+impl Report {
+    pub fn acked_count(&self) -> usize {
+        self.acked.iter().map(Vec::len).sum()
+    }
+}
+
+/// Runs `workers` concurrent clients, each issuing `incr counter` commands one after another
+/// until `stop` is set.
+pub async fn incr_workload(
+    client: Client,
+    workers: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Report {
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let client = client.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut failed = Vec::new();
+            let mut issued = Vec::new();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                let request = CommandRequest {
+                    id: format!("w{w}-{n}-{}", uuid::Uuid::new_v4()),
+                    command: Cmd::Incr {
+                        key: "counter".into(),
+                        delta: 1,
+                    },
+                };
+                issued.push(request.id.clone());
+                match client.execute(&request).await {
+                    Ok(response) => acked.push((request.id.clone(), response)),
+                    Err(e) => failed.push((request.id.clone(), e.to_string())),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (acked, failed, issued)
+        }));
+    }
+    let mut report = Report::default();
+    for task in tasks {
+        let (acked, failed, issued) = task.await.expect("worker");
+        report.acked.push(acked);
+        report.failed.extend(failed);
+        report.issued.extend(issued);
+    }
+    report
+}
+
+/// Checks the invariants of an `incr_workload` against the store, through the cluster:
+/// every acknowledged command is recorded once with its sequence number, the counter equals
+/// the number of applied commands (none lost, none applied twice), and sequence numbers are
+/// unique and follow each worker's real-time order, with terms never going back.
+pub async fn check_exactly_once(
+    report: &Report,
+    store: &dyn bully_server::store::Store,
+    client: &Client,
+) {
+    let mut seqs = BTreeMap::new();
+    for worker in &report.acked {
+        let mut last_seq = 0;
+        for (id, response) in worker {
+            assert!(response.seq > last_seq, "seq went back within one client: {response:?}");
+            last_seq = response.seq;
+            if let Some(other) = seqs.insert(response.seq, (id.clone(), response.term)) {
+                panic!("seq {} given to both {} and {id}", response.seq, other.0);
+            }
+            let record = store.record(id).await.expect("store").unwrap_or_else(|| panic!("acknowledged {id} is not in the store"));
+            assert_eq!((record.seq, record.term), (response.seq, response.term), "{id}");
+        }
+    }
+    // Terms never go back as sequence numbers go up: no deposed coordinator committed late.
+    let mut last_term = 0;
+    for (seq, (id, term)) in &seqs {
+        assert!(*term >= last_term, "seq {seq} ({id}) has term {term} after term {last_term}");
+        last_term = *term;
+    }
+    let mut applied = 0;
+    for id in &report.issued {
+        if store.record(id).await.expect("store").is_some() {
+            applied += 1;
+        }
+    }
+    let get = CommandRequest::new(Cmd::Get { key: "counter".into() });
+    let value = match client.execute(&get).await.expect("get counter").outcome {
+        bully_client::Outcome::Value { value } => value.as_i64().expect("integer"),
+        bully_client::Outcome::NotFound => 0,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(value, applied, "counter vs. applied commands (lost or duplicated increments)");
+    assert!(applied as usize >= report.acked_count());
+}

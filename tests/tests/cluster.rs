@@ -1,0 +1,212 @@
+//! Real server processes on loopback: election, failover, handoff, fencing, rejoin.
+//!
+//! Bounds are generous (the machines are small and shared); no assertion is about speed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bully_client::{Command, CommandRequest, Outcome, Role};
+use bully_server::store::Store;
+use bully_server::store::embedded::EmbeddedStore;
+use bully_server::store::mongo::{MongoOptions, MongoStore};
+use bully_tests::cluster::{Cluster, Report, StoreSpec, TIMEOUT, check_exactly_once, incr_workload};
+use bully_tests::secantus::Secantus;
+use nix::sys::signal::Signal;
+
+/// Detection plus election plus claim, with a wide margin for a loaded machine.
+fn failover_bound() -> Duration {
+    TIMEOUT * 4 + Duration::from_secs(10)
+}
+
+fn embedded_store(cluster: &Cluster) -> EmbeddedStore {
+    EmbeddedStore::open(cluster.dir.path().join("bully.db")).expect("open store")
+}
+
+/// Runs a 4-client workload around `fault`.
+async fn with_workload<F, Fut>(cluster: &Cluster, fault: F) -> Report
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let workload = tokio::spawn(incr_workload(cluster.client(), 4, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    fault().await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::SeqCst);
+    let report = workload.await.expect("workload");
+    assert!(report.acked_count() > 10, "too little progress: {} acked", report.acked_count());
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_servers_elect_the_highest_rank() {
+    let cluster = Cluster::start(&[300, 100, 200], StoreSpec::Embedded);
+    let term = cluster.await_coordinator(0, failover_bound()).await;
+    for i in 0..3 {
+        let status = cluster.status(i).await.expect("status");
+        assert_eq!(status.rank, cluster.servers[i].rank);
+        let coordinator = status.coordinator.expect("coordinator");
+        assert_eq!(coordinator.client_addr, cluster.servers[0].client_addr);
+        assert_eq!(coordinator.rank, 300);
+        assert!(status.ready);
+        let role = if i == 0 { Role::Coordinator } else { Role::Follower };
+        assert_eq!(status.role, role);
+        assert_eq!(status.peers.iter().filter(|p| p.live).count(), 2);
+    }
+    // A client that only knows a follower is pointed to the coordinator.
+    let follower_only = vec![cluster.servers[1].client_addr.clone()];
+    let client = bully_client::Client::new(follower_only, Default::default()).unwrap();
+    let put = CommandRequest::new(Command::Put {
+        key: "k".into(),
+        value: serde_json::json!({"a": 1}),
+    });
+    let response = client.execute(&put).await.unwrap();
+    assert_eq!((response.outcome, response.term), (Outcome::Ok, term));
+}
+
+/// SIGKILL the coordinator during a workload: the next highest takes over; commands in flight
+/// are retried with the same id and succeed; nothing acknowledged is lost or applied twice.
+async fn crash_test(cluster: Cluster, store: &dyn Store) {
+    let first = cluster.await_coordinator(1, failover_bound()).await;
+    let mut second = 0;
+    let report = with_workload(&cluster, || async {
+        cluster.signal(1, Signal::SIGKILL);
+        second = cluster.await_coordinator(2, failover_bound()).await;
+    })
+    .await;
+    assert!(second > first);
+    assert!(report.failed.is_empty(), "failed commands: {:?}", report.failed);
+    let after = report.acked.iter().flatten().filter(|(_, r)| r.term == second).count();
+    assert!(after > 0, "nothing committed after the failover");
+    check_exactly_once(&report, store, &cluster.client()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_coordinator_embedded_store() {
+    let cluster = Cluster::start(&[100, 300, 200], StoreSpec::Embedded);
+    let store = embedded_store(&cluster);
+    crash_test(cluster, &store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_coordinator_mongodb_store() {
+    let mongo = Secantus::start().await;
+    let database = "bully_crash".to_string();
+    let spec = StoreSpec::Mongo {
+        uri: mongo.uri(),
+        database: database.clone(),
+    };
+    let cluster = Cluster::start(&[100, 300, 200], spec);
+    let store = MongoStore::connect(&mongo.uri(), &database, MongoOptions::default())
+        .await
+        .expect("connect");
+    crash_test(cluster, &store).await;
+}
+
+/// SIGTERM (what `kubectl delete pod` sends) to the coordinator during a workload: it drains
+/// and hands over, and not one client command fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_coordinator_hands_over_without_failures() {
+    let mut cluster = Cluster::start(&[100, 300, 200], StoreSpec::Embedded);
+    let store = embedded_store(&cluster);
+    let first = cluster.await_coordinator(1, failover_bound()).await;
+    let mut second = 0;
+    let report = with_workload(&cluster, || async {
+        cluster.signal(1, Signal::SIGTERM);
+        second = cluster.await_coordinator(2, failover_bound()).await;
+    })
+    .await;
+    assert_eq!(cluster.wait_exit(1, Duration::from_secs(15)), Some(0), "clean exit");
+    assert!(second > first);
+    assert!(report.failed.is_empty(), "failed commands: {:?}", report.failed);
+    check_exactly_once(&report, &store, &cluster.client()).await;
+    let log = std::fs::read_to_string(&cluster.servers[1].log).unwrap();
+    assert!(log.contains("queue drained"), "the coordinator did not drain before leaving");
+}
+
+/// SIGSTOP the coordinator past the timeout; the others elect; SIGCONT: the old coordinator
+/// commits nothing under its old term (fencing), steps down, and later takes over again
+/// gracefully with a new term because it still has the highest rank.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigstop_coordinator_is_fenced_and_steps_down() {
+    let cluster = Cluster::start(&[100, 300, 200], StoreSpec::Embedded);
+    let store = embedded_store(&cluster);
+    let old_term = cluster.await_coordinator(1, failover_bound()).await;
+    let old_addr = cluster.servers[1].client_addr.clone();
+    let mut stale_request = None;
+    let mut interim_term = 0;
+    let report = with_workload(&cluster, || async {
+        cluster.signal(1, Signal::SIGSTOP);
+        // A request sent straight to the paused coordinator waits in its socket backlog.
+        let direct = bully_client::Client::new(
+            vec![old_addr.clone()],
+            bully_client::ClientOptions {
+                timeout: Duration::from_secs(30),
+                attempt_timeout: Duration::from_secs(30),
+                token: None,
+            },
+        )
+        .unwrap();
+        stale_request = Some(tokio::spawn(async move {
+            let put = CommandRequest {
+                id: "sent-to-the-paused-coordinator".into(),
+                command: Command::Incr {
+                    key: "stale".into(),
+                    delta: 1,
+                },
+            };
+            direct.execute(&put).await
+        }));
+        interim_term = cluster.await_coordinator(2, failover_bound()).await;
+        cluster.signal(1, Signal::SIGCONT);
+    })
+    .await;
+    assert!(interim_term > old_term);
+    // Eventually the highest rank is back in charge, under a newer term.
+    let final_term = cluster.await_coordinator(1, failover_bound()).await;
+    assert!(final_term > interim_term);
+    // The request held by the paused server was never committed under the old term.
+    if let Ok(response) = stale_request.unwrap().await.unwrap() {
+        assert!(response.term > interim_term, "committed under a stale term: {response:?}");
+    }
+    if let Some(record) = store.record("sent-to-the-paused-coordinator").await.unwrap() {
+        assert!(record.term > interim_term, "stale commit: {record:?}");
+    }
+    assert!(report.failed.is_empty(), "failed commands: {:?}", report.failed);
+    check_exactly_once(&report, &store, &cluster.client()).await;
+}
+
+/// A killed follower restarts and rejoins as a follower; then a killed coordinator restarts
+/// with the highest rank and takes over gracefully during a workload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarted_servers_rejoin_and_the_highest_takes_over() {
+    let mut cluster = Cluster::start(&[100, 300, 200], StoreSpec::Embedded);
+    let store = embedded_store(&cluster);
+    cluster.await_coordinator(1, failover_bound()).await;
+    cluster.signal(0, Signal::SIGKILL);
+    cluster.wait_exit(0, Duration::from_secs(10));
+    cluster.restart(0, 50);
+    cluster.await_coordinator(1, failover_bound()).await;
+    let status = cluster.status(0).await.unwrap();
+    assert_eq!((status.role, status.rank), (Role::Follower, 50));
+
+    cluster.signal(1, Signal::SIGKILL);
+    cluster.wait_exit(1, Duration::from_secs(10));
+    let interim = cluster.await_coordinator(2, failover_bound()).await;
+    let mut cluster = cluster;
+    let stop = Arc::new(AtomicBool::new(false));
+    let workload = tokio::spawn(incr_workload(cluster.client(), 4, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    cluster.restart(1, 1000);
+    let last = cluster.await_coordinator(1, failover_bound()).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::SeqCst);
+    let report = workload.await.unwrap();
+    assert!(last > interim);
+    assert!(report.failed.is_empty(), "graceful takeover failed commands: {:?}", report.failed);
+    check_exactly_once(&report, &store, &cluster.client()).await;
+    let log = std::fs::read_to_string(&cluster.servers[2].log).unwrap();
+    assert!(log.contains("queue drained"), "the interim coordinator did not hand over gracefully");
+}
