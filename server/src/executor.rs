@@ -31,7 +31,8 @@ pub struct Job {
 
 /// What flows through the executor's queue.
 pub enum ExecMsg {
-    Job(Job),
+    // Boxed: the queue holds up to `--queue-capacity` of these.
+    Job(Box<Job>),
     /// Answered once everything queued before it has been answered.
     Drain(oneshot::Sender<()>),
 }
@@ -80,7 +81,7 @@ impl Executor {
                 msg = self.jobs.recv() => match msg {
                     Some(ExecMsg::Job(job)) => {
                         self.metrics.queue_depth.set(self.depth());
-                        self.execute(&mut term, job).await;
+                        self.execute(&mut term, *job).await;
                     }
                     Some(ExecMsg::Drain(done)) => {
                         info!("queue drained");

@@ -11,7 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bully_client::{Client, ClientOptions, Command as Cmd, CommandRequest, CommandResponse, Status};
+use bully_client::{
+    Client, ClientOptions, Command as Cmd, CommandRequest, CommandResponse, Status,
+};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -83,7 +85,9 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with extra `serve` flags for every server.
     pub fn start_with(ranks: &[u64], store: StoreSpec, extra: &[&str]) -> Cluster {
-        let serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let serial = SERIAL
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let dir = tempfile::tempdir().expect("tempdir");
         let mut servers = Vec::new();
         for (i, rank) in ranks.iter().enumerate() {
@@ -174,7 +178,11 @@ impl Cluster {
             if let Some(status) = child.try_wait().expect("try_wait") {
                 return status.code();
             }
-            assert!(Instant::now() < deadline, "{} did not exit in {timeout:?}", self.servers[i].name);
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit in {timeout:?}",
+                self.servers[i].name
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -197,7 +205,10 @@ impl Cluster {
     }
 
     pub async fn status(&self, i: usize) -> Option<Status> {
-        self.client().status(&self.servers[i].client_addr).await.ok()
+        self.client()
+            .status(&self.servers[i].client_addr)
+            .await
+            .ok()
     }
 
     /// Waits until every running server agrees that server `want` is the coordinator with a
@@ -212,7 +223,11 @@ impl Cluster {
                 if server.child.is_none() || self.exited(i) {
                     continue;
                 }
-                match self.status(i).await.and_then(|s| s.coordinator.filter(|_| s.ready)) {
+                match self
+                    .status(i)
+                    .await
+                    .and_then(|s| s.coordinator.filter(|_| s.ready))
+                {
                     Some(c) if &c.client_addr == want_addr && c.term.is_some() => agreed = c.term,
                     _ => all = false,
                 }
@@ -222,7 +237,10 @@ impl Cluster {
             }
             if Instant::now() > deadline {
                 self.dump_logs();
-                panic!("{} did not become the agreed coordinator within {timeout:?}", self.servers[want].name);
+                panic!(
+                    "{} did not become the agreed coordinator within {timeout:?}",
+                    self.servers[want].name
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -233,7 +251,9 @@ impl Cluster {
         let pid = self.servers[i].pid();
         pid.is_none_or(|pid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            stat.is_empty() || stat.split_whitespace().nth(2) == Some("Z") || stat.split_whitespace().nth(2) == Some("T")
+            stat.is_empty()
+                || stat.split_whitespace().nth(2) == Some("Z")
+                || stat.split_whitespace().nth(2) == Some("T")
         })
     }
 
@@ -242,7 +262,10 @@ impl Cluster {
         for server in &self.servers {
             let text = std::fs::read_to_string(&server.log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(200).collect();
-            eprintln!("===== {} (rank {}) log tail =====", server.name, server.rank);
+            eprintln!(
+                "===== {} (rank {}) log tail =====",
+                server.name, server.rank
+            );
             for line in tail.into_iter().rev() {
                 eprintln!("{line}");
             }
@@ -266,7 +289,10 @@ impl Drop for Cluster {
         }
         if std::env::var_os("BULLY_KEEP_LOGS").is_some() {
             let path = self.dir.path().to_path_buf();
-            std::mem::forget(std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir")));
+            std::mem::forget(std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().expect("tempdir"),
+            ));
             eprintln!("logs kept in {}", path.display());
         }
     }
@@ -347,19 +373,33 @@ pub async fn check_exactly_once(
     for worker in &report.acked {
         let mut last_seq = 0;
         for (id, response) in worker {
-            assert!(response.seq > last_seq, "seq went back within one client: {response:?}");
+            assert!(
+                response.seq > last_seq,
+                "seq went back within one client: {response:?}"
+            );
             last_seq = response.seq;
             if let Some(other) = seqs.insert(response.seq, (id.clone(), response.term)) {
                 panic!("seq {} given to both {} and {id}", response.seq, other.0);
             }
-            let record = store.record(id).await.expect("store").unwrap_or_else(|| panic!("acknowledged {id} is not in the store"));
-            assert_eq!((record.seq, record.term), (response.seq, response.term), "{id}");
+            let record = store
+                .record(id)
+                .await
+                .expect("store")
+                .unwrap_or_else(|| panic!("acknowledged {id} is not in the store"));
+            assert_eq!(
+                (record.seq, record.term),
+                (response.seq, response.term),
+                "{id}"
+            );
         }
     }
     // Terms never go back as sequence numbers go up: no deposed coordinator committed late.
     let mut last_term = 0;
     for (seq, (id, term)) in &seqs {
-        assert!(*term >= last_term, "seq {seq} ({id}) has term {term} after term {last_term}");
+        assert!(
+            *term >= last_term,
+            "seq {seq} ({id}) has term {term} after term {last_term}"
+        );
         last_term = *term;
     }
     let mut applied = 0;
@@ -368,12 +408,17 @@ pub async fn check_exactly_once(
             applied += 1;
         }
     }
-    let get = CommandRequest::new(Cmd::Get { key: "counter".into() });
+    let get = CommandRequest::new(Cmd::Get {
+        key: "counter".into(),
+    });
     let value = match client.execute(&get).await.expect("get counter").outcome {
         bully_client::Outcome::Value { value } => value.as_i64().expect("integer"),
         bully_client::Outcome::NotFound => 0,
         other => panic!("unexpected {other:?}"),
     };
-    assert_eq!(value, applied, "counter vs. applied commands (lost or duplicated increments)");
+    assert_eq!(
+        value, applied,
+        "counter vs. applied commands (lost or duplicated increments)"
+    );
     assert!(applied as usize >= report.acked_count());
 }

@@ -10,7 +10,9 @@ use bully_client::{Command, CommandRequest, Outcome, Role};
 use bully_server::store::Store;
 use bully_server::store::embedded::EmbeddedStore;
 use bully_server::store::mongo::{MongoOptions, MongoStore};
-use bully_tests::cluster::{Cluster, Report, StoreSpec, TIMEOUT, check_exactly_once, incr_workload};
+use bully_tests::cluster::{
+    Cluster, Report, StoreSpec, TIMEOUT, check_exactly_once, incr_workload,
+};
 use bully_tests::secantus::Secantus;
 use nix::sys::signal::Signal;
 
@@ -36,7 +38,11 @@ where
     tokio::time::sleep(Duration::from_millis(700)).await;
     stop.store(true, Ordering::SeqCst);
     let report = workload.await.expect("workload");
-    assert!(report.acked_count() > 10, "too little progress: {} acked", report.acked_count());
+    assert!(
+        report.acked_count() > 10,
+        "too little progress: {} acked",
+        report.acked_count()
+    );
     report
 }
 
@@ -51,7 +57,11 @@ async fn three_servers_elect_the_highest_rank() {
         assert_eq!(coordinator.client_addr, cluster.servers[0].client_addr);
         assert_eq!(coordinator.rank, 300);
         assert!(status.ready);
-        let role = if i == 0 { Role::Coordinator } else { Role::Follower };
+        let role = if i == 0 {
+            Role::Coordinator
+        } else {
+            Role::Follower
+        };
         assert_eq!(status.role, role);
         assert_eq!(status.peers.iter().filter(|p| p.live).count(), 2);
     }
@@ -77,8 +87,17 @@ async fn crash_test(cluster: Cluster, store: &dyn Store) {
     })
     .await;
     assert!(second > first);
-    assert!(report.failed.is_empty(), "failed commands: {:?}", report.failed);
-    let after = report.acked.iter().flatten().filter(|(_, r)| r.term == second).count();
+    assert!(
+        report.failed.is_empty(),
+        "failed commands: {:?}",
+        report.failed
+    );
+    let after = report
+        .acked
+        .iter()
+        .flatten()
+        .filter(|(_, r)| r.term == second)
+        .count();
     assert!(after > 0, "nothing committed after the failover");
     check_exactly_once(&report, store, &cluster.client()).await;
 }
@@ -118,12 +137,23 @@ async fn sigterm_coordinator_hands_over_without_failures() {
         second = cluster.await_coordinator(2, failover_bound()).await;
     })
     .await;
-    assert_eq!(cluster.wait_exit(1, Duration::from_secs(15)), Some(0), "clean exit");
+    assert_eq!(
+        cluster.wait_exit(1, Duration::from_secs(15)),
+        Some(0),
+        "clean exit"
+    );
     assert!(second > first);
-    assert!(report.failed.is_empty(), "failed commands: {:?}", report.failed);
+    assert!(
+        report.failed.is_empty(),
+        "failed commands: {:?}",
+        report.failed
+    );
     check_exactly_once(&report, &store, &cluster.client()).await;
     let log = std::fs::read_to_string(&cluster.servers[1].log).unwrap();
-    assert!(log.contains("queue drained"), "the coordinator did not drain before leaving");
+    assert!(
+        log.contains("queue drained"),
+        "the coordinator did not drain before leaving"
+    );
 }
 
 /// SIGSTOP the coordinator past the timeout; the others elect; SIGCONT: the old coordinator
@@ -169,12 +199,23 @@ async fn sigstop_coordinator_is_fenced_and_steps_down() {
     assert!(final_term > interim_term);
     // The request held by the paused server was never committed under the old term.
     if let Ok(response) = stale_request.unwrap().await.unwrap() {
-        assert!(response.term > interim_term, "committed under a stale term: {response:?}");
+        assert!(
+            response.term > interim_term,
+            "committed under a stale term: {response:?}"
+        );
     }
-    if let Some(record) = store.record("sent-to-the-paused-coordinator").await.unwrap() {
+    if let Some(record) = store
+        .record("sent-to-the-paused-coordinator")
+        .await
+        .unwrap()
+    {
         assert!(record.term > interim_term, "stale commit: {record:?}");
     }
-    assert!(report.failed.is_empty(), "failed commands: {:?}", report.failed);
+    assert!(
+        report.failed.is_empty(),
+        "failed commands: {:?}",
+        report.failed
+    );
     check_exactly_once(&report, &store, &cluster.client()).await;
 }
 
@@ -205,8 +246,15 @@ async fn restarted_servers_rejoin_and_the_highest_takes_over() {
     stop.store(true, Ordering::SeqCst);
     let report = workload.await.unwrap();
     assert!(last > interim);
-    assert!(report.failed.is_empty(), "graceful takeover failed commands: {:?}", report.failed);
+    assert!(
+        report.failed.is_empty(),
+        "graceful takeover failed commands: {:?}",
+        report.failed
+    );
     check_exactly_once(&report, &store, &cluster.client()).await;
     let log = std::fs::read_to_string(&cluster.servers[2].log).unwrap();
-    assert!(log.contains("queue drained"), "the interim coordinator did not hand over gracefully");
+    assert!(
+        log.contains("queue drained"),
+        "the interim coordinator did not hand over gracefully"
+    );
 }

@@ -499,14 +499,12 @@ impl Node {
                     };
                 }
             }
-            Message::Takeover if from.outranks(&self.me) => {
-                if self.state == State::Coordinator {
-                    self.state = State::HandingOff {
-                        to: Some(addr),
-                        exit: false,
-                    };
-                    out.push(Output::Drain);
-                }
+            Message::Takeover if from.outranks(&self.me) && self.state == State::Coordinator => {
+                self.state = State::HandingOff {
+                    to: Some(addr),
+                    exit: false,
+                };
+                out.push(Output::Drain);
             }
             Message::Handoff => match self.state {
                 State::Coordinator | State::HandingOff { .. } => {}

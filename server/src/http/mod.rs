@@ -31,6 +31,9 @@ use crate::executor::{ExecMsg, Job};
 use crate::metrics::Metrics;
 use crate::node::{Event, View};
 
+#[cfg(test)]
+mod tests;
+
 /// Shared by every handler.
 #[derive(Clone)]
 pub struct AppState {
@@ -164,7 +167,7 @@ async fn post_command(
         reply,
         received,
     };
-    match state.jobs.try_send(ExecMsg::Job(job)) {
+    match state.jobs.try_send(ExecMsg::Job(Box::new(job))) {
         Ok(()) => {}
         Err(mpsc::error::TrySendError::Full(_)) => {
             state.metrics.command(kind, "rejected");

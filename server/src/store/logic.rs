@@ -162,7 +162,7 @@ impl Fnv {
             Value::Object(map) => {
                 let mut keys: Vec<&String> = map.keys().collect();
                 keys.sort();
-                self.bytes(&[b'{']);
+                self.bytes(b"{");
                 self.bytes(&(keys.len() as u64).to_le_bytes());
                 for key in keys {
                     self.string(key);
@@ -170,16 +170,16 @@ impl Fnv {
                 }
             }
             Value::Array(items) => {
-                self.bytes(&[b'[']);
+                self.bytes(b"[");
                 self.bytes(&(items.len() as u64).to_le_bytes());
                 items.iter().for_each(|item| self.value(item));
             }
             Value::String(s) => {
-                self.bytes(&[b's']);
+                self.bytes(b"s");
                 self.string(s);
             }
             other => {
-                self.bytes(&[b'v']);
+                self.bytes(b"v");
                 self.string(&other.to_string());
             }
         }

@@ -1,0 +1,548 @@
+//! MongoDB backend: a replica set through the official `mongodb` driver.
+//!
+//! Every write uses write concern `majority`, so an acknowledged command survives a primary
+//! failover; reads outside transactions use read concern `majority`, and transactions read a
+//! `snapshot`. The semantics of each command come from [`logic`], as for the embedded backend.
+//!
+//! # Schema
+//! - `fence`: one document `{_id: "fence", term, holder, seq, claimed_at}` (`term`/`seq` Int64,
+//!   `claimed_at` a DateTime), created with term 0 at connect unless it exists.
+//! - `kv`: `{_id: key, value}` with `value` the JSON text of the value. Text rather than BSON
+//!   because text round-trips every JSON value exactly: BSON has no u64 (`u64::MAX` would not
+//!   survive), and object keys with `$` or `.` need care as field names.
+//! - `commands`: `{_id: id, seq, term, fingerprint, outcome, at}`, the exactly-once log;
+//!   `outcome` is the JSON text of the [`Outcome`](bully_client::Outcome), `at` a DateTime with
+//!   an index for [`Store::expire`].
+//!
+//! # Fencing and exactly-once
+//! [`Store::apply`] is one multi-document transaction whose first statement increments `seq` on
+//! the fence document *filtered on the caller's term*: if the term moved on, nothing matches and
+//! the transaction is aborted. Every apply and claim writes that one document, so they cannot
+//! interleave (a transaction that loses gets `WriteConflict` and is retried; a claim waits for
+//! an open transaction): the term check, the effect and the command record commit atomically,
+//! in one global order.
+//!
+//! # Retries
+//! Transient failures (failover, step-down, network, write conflicts) are retried with backoff
+//! until [`MongoOptions::op_deadline`], then reported as [`StoreError::Unavailable`]. A commit
+//! whose result is unknown is retried as a commit. If the whole transaction runs again after
+//! a commit that did succeed, it finds the record by id and returns it (`duplicate = true`)
+//! instead of applying the command twice.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bully_client::{Command, Entry};
+use futures::TryStreamExt;
+use mongodb::bson::{Bson, DateTime, Document, doc};
+use mongodb::error::{Error as DriverError, ErrorKind, WriteFailure};
+use mongodb::error::{TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
+use mongodb::options::{ClientOptions, IndexOptions, ReadConcern, ReturnDocument, WriteConcern};
+use mongodb::{Client, ClientSession, Collection, IndexModel};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::logic::{self, Effect, ListQuery};
+use super::{Applied, FenceState, Record, Result, Store, StoreError};
+
+const FENCE_ID: &str = "fence";
+
+/// Codes worth retrying: the node is not (or no longer) primary, is shutting down or the
+/// network failed (the driver's own retryable sets), a transaction lost a write conflict (112),
+/// no longer exists (251), or ran out of time (50, 64, 262). 11000 (duplicate key) would mean
+/// the id's record appeared after the check: running again finds it.
+const TRANSIENT_CODES: [i32; 17] = [
+    6, 7, 50, 64, 89, 91, 112, 189, 251, 262, 9001, 10107, 11000, 11600, 11602, 13435, 13436,
+];
+/// First retry delay; doubled up to [`MAX_BACKOFF`]. Write conflicts clear within milliseconds,
+/// a failover within seconds: start small, but do not hammer an electing replica set.
+const MIN_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Options of [`MongoStore::connect`].
+#[derive(Clone, Debug)]
+pub struct MongoOptions {
+    /// How long one store operation may take, retries included, before it fails with
+    /// [`StoreError::Unavailable`]. Covers a replica-set election (typically a few seconds).
+    pub op_deadline: Duration,
+}
+
+impl Default for MongoOptions {
+    fn default() -> Self {
+        MongoOptions {
+            op_deadline: Duration::from_secs(10),
+        }
+    }
+}
+
+/// MongoDB-backed [`Store`]. Cloning is cheap: the driver's `Client` is a shared pool.
+#[derive(Clone)]
+pub struct MongoStore {
+    client: Client,
+    fence: Collection<Document>,
+    kv: Collection<Document>,
+    commands: Collection<Document>,
+    options: MongoOptions,
+}
+
+/// Why one attempt failed: a final answer, or a driver error for the retry loop to classify.
+enum Fail {
+    Final(StoreError),
+    Driver(DriverError),
+}
+
+impl From<DriverError> for Fail {
+    fn from(e: DriverError) -> Self {
+        Fail::Driver(e)
+    }
+}
+
+impl From<StoreError> for Fail {
+    fn from(e: StoreError) -> Self {
+        Fail::Final(e)
+    }
+}
+
+type Attempt<T> = std::result::Result<T, Fail>;
+
+impl MongoStore {
+    /// Connects to `uri`, uses `database`, and creates the collections and indexes if missing.
+    pub async fn connect(uri: &str, database: &str, options: MongoOptions) -> Result<MongoStore> {
+        let unavailable = |e: DriverError| {
+            StoreError::Unavailable(format!("MongoDB at {}: {}", redact(uri), e.kind))
+        };
+        let mut client_options = ClientOptions::parse(uri).await.map_err(unavailable)?;
+        client_options.write_concern = Some(WriteConcern::majority());
+        client_options.read_concern = Some(ReadConcern::majority());
+        client_options
+            .app_name
+            .get_or_insert_with(|| "bully-server".into());
+        let client = Client::with_options(client_options).map_err(unavailable)?;
+        let db = client.database(database);
+        let store = MongoStore {
+            fence: db.collection("fence"),
+            kv: db.collection("kv"),
+            commands: db.collection("commands"),
+            client,
+            options,
+        };
+        store
+            .retrying("create schema", || async {
+                // Created up front because a transaction cannot always create a collection
+                // (MongoDB < 4.4, or two transactions racing to create the same one).
+                for name in ["fence", "kv", "commands"] {
+                    match db.create_collection(name).await {
+                        Err(e) if code(&e) == Some(48) => {} // NamespaceExists
+                        other => other?,
+                    }
+                }
+                // Created here rather than upserted by `claim_term`: SecantusDB answers racing
+                // first upserts with `value: null` although each one applied, which would lose
+                // the claimed term. Not recreated later: a term must never be handed out twice.
+                // DuplicateKey (11000) means it exists.
+                let fence = doc! {
+                    "_id": FENCE_ID, "term": 0_i64, "holder": "", "seq": 0_i64,
+                    "claimed_at": DateTime::now(),
+                };
+                if let Err(e) = store.fence.insert_one(fence).await
+                    && code(&e) != Some(11000)
+                {
+                    return Err(e.into());
+                }
+                let options = IndexOptions::builder().name("at".to_string()).build();
+                let index = IndexModel::builder()
+                    .keys(doc! { "at": 1 })
+                    .options(options);
+                store.commands.create_index(index.build()).await?;
+                Ok(())
+            })
+            .await?;
+        tracing::info!(uri = %redact(uri), database, "connected to MongoDB");
+        Ok(store)
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the deadline passes.
+    async fn retrying<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Attempt<T>>,
+    {
+        let deadline = Instant::now() + self.options.op_deadline;
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let (error, transient) = match tokio::time::timeout(remaining, attempt()).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(Fail::Final(e))) => return Err(e),
+                Ok(Err(Fail::Driver(e))) => (describe(&e), is_transient(&e)),
+                Err(_) => (
+                    format!("no answer within {:?}", self.options.op_deadline),
+                    false,
+                ),
+            };
+            // Jitter keeps concurrent appliers that just conflicted from colliding again.
+            let pause = backoff.mul_f64(rand::random_range(0.5..1.0));
+            if !transient || Instant::now() + pause >= deadline {
+                return Err(StoreError::Unavailable(format!("{what}: {error}")));
+            }
+            tracing::debug!(what, %error, "transient MongoDB error, retrying");
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn claim_once(&self, holder: &str) -> Attempt<u64> {
+        let update = doc! {
+            "$inc": { "term": 1_i64 },
+            "$set": { "holder": holder, "claimed_at": DateTime::now() },
+        };
+        let fence = self
+            .fence
+            .find_one_and_update(doc! { "_id": FENCE_ID }, update)
+            .return_document(ReturnDocument::After)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("the fence document is gone".into()))?;
+        Ok(int(&fence, "term")?)
+    }
+
+    /// One transaction of [`Store::apply`].
+    async fn apply_once(&self, term: u64, id: &str, command: &Command) -> Attempt<Applied> {
+        let mut session = self.client.start_session().await?;
+        session
+            .start_transaction()
+            .read_concern(ReadConcern::snapshot())
+            .write_concern(WriteConcern::majority())
+            .await?;
+        // Every early return drops the session with the transaction open, and the driver
+        // aborts it: nothing is applied.
+        let fenced = doc! { "_id": FENCE_ID, "term": term as i64 };
+        let Some(fence) = self
+            .fence
+            .find_one_and_update(fenced, doc! { "$inc": { "seq": 1_i64 } })
+            .return_document(ReturnDocument::After)
+            .session(&mut session)
+            .await?
+        else {
+            let current = self.read_fence(Some(&mut session)).await?.term;
+            return Err(StoreError::Fenced {
+                mine: term,
+                current,
+            }
+            .into());
+        };
+        let seq = int(&fence, "seq")?;
+        let fingerprint = logic::fingerprint(command);
+        if !command.is_read()
+            && let Some((record, stored)) = self.load_record(id, Some(&mut session)).await?
+        {
+            if stored != fingerprint {
+                return Err(StoreError::IdConflict { id: id.to_string() }.into());
+            }
+            let (seq, term, outcome) = (record.seq, record.term, record.outcome);
+            return Ok(Applied {
+                seq,
+                term,
+                outcome,
+                duplicate: true,
+            });
+        }
+        let outcome = match ListQuery::from_command(command, bully_client::DEFAULT_MAX_PAGE) {
+            Some(query) => logic::page(&query, self.list(&query, &mut session).await?),
+            None => {
+                let key = logic::key_of(command).unwrap_or_default();
+                let found = self
+                    .kv
+                    .find_one(doc! { "_id": key })
+                    .session(&mut session)
+                    .await?;
+                let current = found.map(|doc| value_of(&doc)).transpose()?;
+                let (outcome, effect) = logic::evaluate(command, current.as_ref());
+                match effect {
+                    Effect::None => {}
+                    Effect::Set(value) => {
+                        let doc = doc! { "_id": key, "value": value.to_string() };
+                        let replace = self.kv.replace_one(doc! { "_id": key }, doc).upsert(true);
+                        replace.session(&mut session).await?;
+                    }
+                    Effect::Remove => {
+                        let delete = self.kv.delete_one(doc! { "_id": key });
+                        delete.session(&mut session).await?;
+                    }
+                }
+                outcome
+            }
+        };
+        if !command.is_read() {
+            let outcome_text = serde_json::to_string(&outcome)
+                .map_err(|e| StoreError::Corrupt(format!("outcome: {e}")))?;
+            let record = doc! {
+                "_id": id, "seq": seq as i64, "term": term as i64, "fingerprint": fingerprint,
+                "outcome": outcome_text, "at": DateTime::from_millis(super::now_ms()),
+            };
+            self.commands
+                .insert_one(record)
+                .session(&mut session)
+                .await?;
+        }
+        commit(&mut session).await?;
+        Ok(Applied {
+            seq,
+            term,
+            outcome,
+            duplicate: false,
+        })
+    }
+
+    /// Keys of `query`'s range in `_id` order. MongoDB compares strings bytewise (no collation
+    /// is set), which is UTF-8 byte order: the same as Rust's `str` ordering.
+    async fn list(&self, query: &ListQuery, session: &mut ClientSession) -> Attempt<Vec<Entry>> {
+        let mut range = match &query.after {
+            Some(after) if *after >= query.prefix => doc! { "$gt": after },
+            _ => doc! { "$gte": &query.prefix },
+        };
+        if let Some(end) = prefix_end(&query.prefix) {
+            range.insert("$lt", end);
+        }
+        let docs: Vec<Document> = self
+            .kv
+            .find(doc! { "_id": range })
+            .sort(doc! { "_id": 1 })
+            .limit(query.limit as i64 + 1)
+            .session(&mut *session)
+            .await?
+            .stream(session)
+            .try_collect()
+            .await?;
+        // The bounds are exact; the filter only guards against a collation set by hand.
+        let matching = docs
+            .iter()
+            .filter(|d| d.get_str("_id").is_ok_and(|k| query.matches(k)));
+        let entries = matching.map(|doc| {
+            let key = text(doc, "_id")?.to_string();
+            Ok(Entry {
+                value: value_of(doc)?,
+                key,
+            })
+        });
+        Ok(entries.collect::<Result<Vec<_>>>()?)
+    }
+
+    /// The fence document, read in `session` or on its own.
+    async fn read_fence(&self, session: Option<&mut ClientSession>) -> Attempt<FenceState> {
+        let find = self.fence.find_one(doc! { "_id": FENCE_ID });
+        let found = match session {
+            Some(session) => find.session(session).await?,
+            None => find.await?,
+        };
+        let Some(doc) = found else {
+            return Ok(FenceState::default());
+        };
+        Ok(FenceState {
+            term: int(&doc, "term")?,
+            holder: doc.get_str("holder").unwrap_or_default().to_string(),
+            seq: int(&doc, "seq")?,
+        })
+    }
+
+    /// The record of `id` and its fingerprint, read in `session` or on its own.
+    async fn load_record(
+        &self,
+        id: &str,
+        session: Option<&mut ClientSession>,
+    ) -> Attempt<Option<(Record, String)>> {
+        let find = self.commands.find_one(doc! { "_id": id });
+        let found = match session {
+            Some(session) => find.session(session).await?,
+            None => find.await?,
+        };
+        let Some(doc) = found else { return Ok(None) };
+        let outcome = serde_json::from_str(text(&doc, "outcome")?)
+            .map_err(|e| StoreError::Corrupt(format!("stored outcome of {id}: {e}")))?;
+        let record = Record {
+            id: id.to_string(),
+            seq: int(&doc, "seq")?,
+            term: int(&doc, "term")?,
+            outcome,
+        };
+        Ok(Some((record, text(&doc, "fingerprint")?.to_string())))
+    }
+}
+
+/// Commits, retrying while the result is unknown (the MongoDB-specified way to resolve it,
+/// bounded by the caller's deadline). Any other failure means the transaction was aborted:
+/// the caller runs it again, and a record it finds then is returned as a duplicate.
+async fn commit(session: &mut ClientSession) -> Attempt<()> {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        match session.commit_transaction().await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) => {
+                tracing::debug!(error = %describe(&e), "commit result unknown, committing again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for MongoStore {
+    async fn claim_term(&self, holder: &str) -> Result<u64> {
+        // A retry after a lost reply may claim twice and skip a term number: harmless, terms
+        // only have to increase, and the holder is the same.
+        self.retrying("claim term", || self.claim_once(holder))
+            .await
+    }
+
+    async fn apply(&self, term: u64, id: &str, command: &Command) -> Result<Applied> {
+        let what = format!("apply {id}");
+        self.retrying(&what, || self.apply_once(term, id, command))
+            .await
+    }
+
+    async fn fence_state(&self) -> Result<FenceState> {
+        self.retrying("read fence", || self.read_fence(None)).await
+    }
+
+    async fn record(&self, id: &str) -> Result<Option<Record>> {
+        self.retrying("read record", || async {
+            Ok(self.load_record(id, None).await?.map(|(record, _)| record))
+        })
+        .await
+    }
+
+    async fn expire(&self, before_ms: i64) -> Result<u64> {
+        self.retrying("expire records", || async {
+            let filter = doc! { "at": { "$lt": DateTime::from_millis(before_ms) } };
+            Ok(self.commands.delete_many(filter).await?.deleted_count)
+        })
+        .await
+    }
+
+    fn backend(&self) -> &'static str {
+        "mongodb"
+    }
+}
+
+fn int(doc: &Document, field: &str) -> Result<u64> {
+    let n = match doc.get(field) {
+        Some(Bson::Int64(n)) => *n,
+        Some(Bson::Int32(n)) => i64::from(*n),
+        other => return Err(StoreError::Corrupt(format!("field {field} is {other:?}"))),
+    };
+    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("field {field} is {n}")))
+}
+
+fn text<'a>(doc: &'a Document, field: &str) -> Result<&'a str> {
+    doc.get_str(field)
+        .map_err(|e| StoreError::Corrupt(format!("field {field}: {e}")))
+}
+
+fn value_of(doc: &Document) -> Result<Value> {
+    serde_json::from_str(text(doc, "value")?)
+        .map_err(|e| StoreError::Corrupt(format!("stored value: {e}")))
+}
+
+/// The least string above every string that starts with `prefix` (`None`: no upper bound).
+/// Incrementing the last char that can be incremented works because UTF-8 byte order is code
+/// point order.
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = match last {
+            '\u{D7FF}' => Some('\u{E000}'), // skip the surrogates, which are not chars
+            c => char::from_u32(c as u32 + 1),
+        };
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+fn code(e: &DriverError) -> Option<i32> {
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) => Some(c.code),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
+        ErrorKind::Write(WriteFailure::WriteConcernError(w)) => Some(w.code),
+        _ => None,
+    }
+    .or_else(|| cause(e).and_then(code))
+}
+
+/// The driver wraps some errors (e.g. a failed handshake) in another one.
+fn cause(e: &DriverError) -> Option<&DriverError> {
+    std::error::Error::source(e)?.downcast_ref()
+}
+
+fn is_transient(e: &DriverError) -> bool {
+    let network = matches!(
+        e.kind.as_ref(),
+        ErrorKind::Io(_)
+            | ErrorKind::ConnectionPoolCleared { .. }
+            | ErrorKind::ServerSelection { .. }
+    );
+    network
+        || [
+            TRANSIENT_TRANSACTION_ERROR,
+            UNKNOWN_TRANSACTION_COMMIT_RESULT,
+            "RetryableWriteError",
+        ]
+        .iter()
+        .any(|label| e.contains_label(label))
+        || code(e).is_some_and(|c| TRANSIENT_CODES.contains(&c))
+        || cause(e).is_some_and(is_transient)
+}
+
+/// The error and its labels, without the server's full response the driver's `Display` adds.
+fn describe(e: &DriverError) -> String {
+    let mut labels: Vec<&str> = e.labels().iter().map(String::as_str).collect();
+    labels.sort_unstable();
+    format!("{} {labels:?}", e.kind)
+}
+
+/// `uri` with any password replaced, for logs and error messages.
+fn redact(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return "<unparsable URI>".into();
+    };
+    let hosts_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..hosts_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{}", &rest[at + 1..])
+        }
+        None => uri.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_bounds_the_prefix() {
+        assert_eq!(prefix_end("b/").as_deref(), Some("b0"));
+        assert_eq!(prefix_end("").as_deref(), None);
+        assert_eq!(prefix_end("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_end("\u{D7FF}").as_deref(), Some("\u{E000}"));
+        let end = prefix_end("ké").unwrap();
+        for key in ["ké", "ké\u{10FFFF}", "ké/zz"] {
+            assert!(key < end.as_str(), "{key}");
+        }
+        assert!("kê" >= end.as_str());
+    }
+
+    #[test]
+    fn redact_hides_the_password_only() {
+        assert_eq!(
+            redact("mongodb://bully:s3cr@t@db-0:27017,db-1/?replicaSet=rs0"),
+            "mongodb://bully:***@db-0:27017,db-1/?replicaSet=rs0"
+        );
+        assert_eq!(redact("mongodb://h:1/?a=b@c"), "mongodb://h:1/?a=b@c");
+        assert_eq!(redact("garbage"), "<unparsable URI>");
+    }
+}

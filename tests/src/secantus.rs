@@ -1,0 +1,201 @@
+//! A private SecantusDB server (a MongoDB-compatible single-node replica set, PyPI
+//! `SecantusDB`) for tests of the MongoDB store backend.
+//!
+//! Each [`Secantus`] runs its own `secantusd-py` on 127.0.0.1 with a free port and a temporary
+//! storage directory, and kills it when dropped. The binary comes from `BULLY_SECANTUSD`, or
+//! else `<workspace>/.venv-mongo/bin/secantusd-py`, which `scripts/install-secantus.sh`
+//! installs.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use mongodb::bson::{Bson, Document, doc};
+use mongodb::options::ClientOptions;
+use tempfile::TempDir;
+
+/// How long a fresh server may take to answer `ping`: about 0.5 s on the development machines,
+/// but a loaded CI machine running many test binaries at once can be far slower.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running SecantusDB server, killed on drop.
+pub struct Secantus {
+    child: Option<Child>,
+    port: u16,
+    dir: TempDir,
+}
+
+impl Secantus {
+    /// Starts a server and waits until it answers `ping`.
+    pub async fn start() -> Secantus {
+        let dir = tempfile::Builder::new()
+            .prefix("secantus-")
+            .tempdir()
+            .expect("create a temporary directory for SecantusDB");
+        let port = free_port();
+        let mut server = Secantus {
+            child: None,
+            port,
+            dir,
+        };
+        server.spawn().await;
+        server
+    }
+
+    /// The URI for the store and the driver.
+    ///
+    /// `directConnection=true` rather than `replicaSet=secantus`: with `replicaSet`, the
+    /// driver stops sending writes once it learns of a step-down and waits in server selection,
+    /// and SecantusDB does not announce the end of the window (its streaming `hello` only pushes
+    /// on a step-down), so the driver only notices at its next heartbeat, up to 10 s later
+    /// (measured: after a 3 s step-down the next write waited 10 s in server selection).
+    /// A direct connection sends every operation to the node, which refuses writes with
+    /// `NotWritablePrimary` during the window and accepts them right after: the store's retry
+    /// loop sees the step-down as errors, which is what the tests want to exercise.
+    pub fn uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
+    }
+
+    /// The URI with `replicaSet=secantus`, as a production replica set would be addressed.
+    pub fn replica_set_uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/?replicaSet=secantus", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A driver client on [`uri`](Self::uri), for direct inspection and admin commands.
+    pub async fn client(&self) -> mongodb::Client {
+        let mut options = ClientOptions::parse(self.uri())
+            .await
+            .expect("parse the SecantusDB URI");
+        options.server_selection_timeout = Some(Duration::from_secs(2));
+        mongodb::Client::with_options(options).expect("create a MongoDB client")
+    }
+
+    /// Steps the node down for `secs` seconds (`replSetStepDown` with `force`, the only form a
+    /// single-node set accepts). Writes fail with `NotWritablePrimary` until the window ends.
+    pub async fn step_down(&self, secs: u64) {
+        let command = doc! { "replSetStepDown": secs as i64, "force": true };
+        match self
+            .client()
+            .await
+            .database("admin")
+            .run_command(command)
+            .await
+        {
+            Ok(_) => {}
+            // MongoDB before 4.2 closes all connections on step-down: no reply may come.
+            Err(e) if matches!(*e.kind, mongodb::error::ErrorKind::Io(_)) => {}
+            Err(e) => panic!("replSetStepDown failed: {e}"),
+        }
+    }
+
+    /// Arms mongod's `failCommand` failpoint (replacing any armed one): `mode` is `"off"`,
+    /// `"alwaysOn"` or `{times: N}`; `data` holds `failCommands` and the failure, e.g.
+    /// `errorCode`, `closeConnection` or a `writeConcernError` (the command runs, then fails).
+    pub async fn fail_command(&self, mode: impl Into<Bson>, data: Document) {
+        let command =
+            doc! { "configureFailPoint": "failCommand", "mode": mode.into(), "data": data };
+        self.client()
+            .await
+            .database("admin")
+            .run_command(command)
+            .await
+            .expect("configureFailPoint");
+    }
+
+    /// Kills the server and starts it again on the same port and storage directory.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    /// The server's log so far (stdout and stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("secantusd.log")).unwrap_or_default()
+    }
+
+    async fn spawn(&mut self) {
+        let binary = binary();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("secantusd.log"))
+            .expect("open the SecantusDB log");
+        let child = Command::new(&binary)
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            // For `configureFailPoint` (see `fail_command`); off by default because anyone who
+            // can reach the port could arm it, which does not matter on a private loopback port.
+            .arg("--enable-test-commands")
+            .arg("--storage-path")
+            .arg(self.dir.path().join("data"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        self.child = Some(child);
+        let client = self.client().await;
+        let started = tokio::time::Instant::now();
+        loop {
+            let ping = client
+                .database("admin")
+                .run_command(doc! { "ping": 1 })
+                .await;
+            if ping.is_ok() {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("secantusd-py exited with {status}:\n{}", self.log());
+            }
+            if started.elapsed() > START_TIMEOUT {
+                panic!(
+                    "SecantusDB did not answer ping within {START_TIMEOUT:?}:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Secantus {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("BULLY_SECANTUSD") {
+        return PathBuf::from(path);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let path = root.join(".venv-mongo/bin/secantusd-py");
+    if !path.exists() {
+        panic!(
+            "{} is missing: run scripts/install-secantus.sh (or set BULLY_SECANTUSD)",
+            path.display()
+        );
+    }
+    path
+}
+
+/// A port that was free a moment ago. Another process could take it before the server binds
+/// it; on a test machine that is rare enough.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address").port()
+}
