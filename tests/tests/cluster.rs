@@ -258,3 +258,32 @@ async fn restarted_servers_rejoin_and_the_highest_takes_over() {
         "the interim coordinator did not hand over gracefully"
     );
 }
+
+/// The MongoDB-compatible store steps down (refusing writes for a few seconds) in the middle of
+/// a workload: the coordinator retries within its deadline, clients retry with the same ids,
+/// and every acknowledged command is present exactly once afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn store_step_down_during_workload_loses_nothing() {
+    let mongo = Secantus::start().await;
+    let database = "bully_stepdown".to_string();
+    let spec = StoreSpec::Mongo {
+        uri: mongo.uri(),
+        database: database.clone(),
+    };
+    let cluster = Cluster::start(&[100, 300, 200], spec);
+    let store = MongoStore::connect(&mongo.uri(), &database, MongoOptions::default())
+        .await
+        .expect("connect");
+    cluster.await_coordinator(1, failover_bound()).await;
+    let report = with_workload(&cluster, || async {
+        mongo.step_down(3).await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+    })
+    .await;
+    assert!(
+        report.failed.is_empty(),
+        "failed commands: {:?}",
+        report.failed
+    );
+    check_exactly_once(&report, &store, &cluster.client()).await;
+}
