@@ -157,7 +157,8 @@ fn apply_in(conn: &mut Connection, term: u64, id: &str, command: &Command) -> Re
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql)?;
     let state = fence(&tx)?;
-    if state.term != term {
+    // Term 0 is the state before any claim: nobody holds it.
+    if state.term != term || term == 0 {
         return Err(StoreError::Fenced {
             mine: term,
             current: state.term,

@@ -59,7 +59,9 @@ pub struct Record {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The term passed to `apply` is no longer current; nothing was applied.
+    /// The term passed to `apply` is not current: this attempt applied nothing. (An earlier
+    /// attempt whose commit result was lost may have; a retry with the same id is safe either
+    /// way and returns the stored result.)
     #[error("term {mine} was superseded by term {current}")]
     Fenced { mine: u64, current: u64 },
     /// The id was applied before, for a different command; nothing was applied.

@@ -397,6 +397,11 @@ impl Store for MongoStore {
     }
 
     async fn apply(&self, term: u64, id: &str, command: &Command) -> Result<Applied> {
+        if term == 0 {
+            // Term 0 is the store's state before any claim: nobody holds it.
+            let current = self.fence_state().await?.term;
+            return Err(StoreError::Fenced { mine: 0, current });
+        }
         let what = format!("apply {id}");
         self.retrying(&what, || self.apply_once(term, id, command))
             .await
