@@ -48,3 +48,36 @@ impl Discovery {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn dns_discovery_reports_every_address_and_repeats() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let discovery = Discovery::Dns {
+            name: "localhost:7071".into(),
+            interval: Duration::from_millis(10),
+        };
+        let task = tokio::spawn(discovery.run(tx));
+        for _ in 0..2 {
+            match rx.recv().await {
+                Some(Event::Peers(peers)) => {
+                    assert!(peers.iter().any(|p| p == "127.0.0.1:7071"), "{peers:?}")
+                }
+                other => panic!("expected peers, got {other:?}"),
+            }
+        }
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_static_list_is_reported_once() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let peers = vec!["10.0.0.1:7071".to_string(), "10.0.0.2:7071".to_string()];
+        Discovery::Static(peers.clone()).run(tx).await;
+        assert!(matches!(rx.recv().await, Some(Event::Peers(p)) if p == peers));
+        assert!(rx.recv().await.is_none());
+    }
+}
