@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::trace;
 
 use crate::election::Envelope;
@@ -25,7 +26,7 @@ pub struct Transport {
     token: Option<Arc<str>>,
     timeout: Duration,
     // Held only to look up or insert a sender; never across an await.
-    queues: Arc<Mutex<HashMap<String, mpsc::Sender<Envelope>>>>,
+    queues: Arc<Mutex<HashMap<String, mpsc::Sender<(Instant, Envelope)>>>>,
 }
 
 impl Transport {
@@ -50,13 +51,13 @@ impl Transport {
             return;
         };
         if let Some(queue) = queues.get(to) {
-            match queue.try_send(envelope) {
+            match queue.try_send((Instant::now(), envelope)) {
                 Ok(()) => return,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     trace!(peer = to, "peer queue full, message dropped");
                     return;
                 }
-                Err(mpsc::error::TrySendError::Closed(envelope)) => {
+                Err(mpsc::error::TrySendError::Closed((_, envelope))) => {
                     queues.remove(to);
                     drop(queues);
                     return self.send(to, envelope);
@@ -64,14 +65,19 @@ impl Transport {
             }
         }
         let (tx, rx) = mpsc::channel(QUEUE);
-        let _ = tx.try_send(envelope);
+        let _ = tx.try_send((Instant::now(), envelope));
         queues.insert(to.to_string(), tx);
         tokio::spawn(self.clone().deliver(to.to_string(), rx));
     }
 
-    async fn deliver(self, to: String, mut rx: mpsc::Receiver<Envelope>) {
+    async fn deliver(self, to: String, mut rx: mpsc::Receiver<(Instant, Envelope)>) {
         let url = bully_client::client::url(&to, "/peer/v1/message");
-        while let Ok(Some(envelope)) = tokio::time::timeout(IDLE, rx.recv()).await {
+        while let Ok(Some((queued, envelope))) = tokio::time::timeout(IDLE, rx.recv()).await {
+            // Behind a slow or paused peer the queue backs up; a heartbeat that old would
+            // describe a state that has since changed, so it is dropped, not delivered late.
+            if queued.elapsed() > self.timeout {
+                continue;
+            }
             let mut request = self.http.post(&url).timeout(self.timeout).json(&envelope);
             if let Some(token) = &self.token {
                 request = request.bearer_auth(token);

@@ -52,8 +52,8 @@ const FENCE_ID: &str = "fence";
 /// network failed (the driver's own retryable sets), a transaction lost a write conflict (112),
 /// no longer exists (251), or ran out of time (50, 64, 262). 11000 (duplicate key) would mean
 /// the id's record appeared after the check: running again finds it.
-const TRANSIENT_CODES: [i32; 17] = [
-    6, 7, 50, 64, 89, 91, 112, 189, 251, 262, 9001, 10107, 11000, 11600, 11602, 13435, 13436,
+const TRANSIENT_CODES: [i32; 18] = [
+    6, 7, 50, 64, 89, 91, 112, 189, 251, 262, 9001, 10107, 11000, 11600, 11601, 11602, 13435, 13436,
 ];
 /// First retry delay; doubled up to [`MAX_BACKOFF`]. Write conflicts clear within milliseconds,
 /// a failover within seconds: start small, but do not hammer an electing replica set.
@@ -84,6 +84,8 @@ pub struct MongoStore {
     kv: Collection<Document>,
     commands: Collection<Document>,
     options: MongoOptions,
+    /// `killAllSessions` filter: this store's own user, or every session without auth.
+    kill_filter: Vec<Document>,
 }
 
 /// Why one attempt failed: a final answer, or a driver error for the retry loop to classify.
@@ -118,6 +120,16 @@ impl MongoStore {
         client_options
             .app_name
             .get_or_insert_with(|| "bully-server".into());
+        let kill_filter = match client_options.credential.as_ref() {
+            Some(credential) => match &credential.username {
+                Some(user) => vec![doc! {
+                    "user": user,
+                    "db": credential.source.clone().unwrap_or_else(|| "admin".into()),
+                }],
+                None => Vec::new(),
+            },
+            None => Vec::new(),
+        };
         let client = Client::with_options(client_options).map_err(unavailable)?;
         let db = client.database(database);
         let store = MongoStore {
@@ -126,6 +138,7 @@ impl MongoStore {
             commands: db.collection("commands"),
             client,
             options,
+            kill_filter,
         };
         store
             .retrying("create schema", || async {
@@ -193,6 +206,15 @@ impl MongoStore {
     }
 
     async fn claim_once(&self, holder: &str) -> Attempt<u64> {
+        // A coordinator killed in the middle of a transaction leaves it open, holding the fence
+        // document, until the server reaps it (transactionLifetimeLimitSeconds, 60 s by
+        // default): the claim below would wait that long and failover with it. A new term
+        // deposes the old coordinator anyway, so abort its sessions first. (Deploy bully with
+        // a database user of its own: the kill is limited to that user's sessions.)
+        let kill = doc! { "killAllSessions": self.kill_filter.clone() };
+        if let Err(e) = self.client.database("admin").run_command(kill).await {
+            tracing::debug!(error = %describe(&e), "killAllSessions before claiming failed");
+        }
         let update = doc! {
             "$inc": { "term": 1_i64 },
             "$set": { "holder": holder, "claimed_at": DateTime::now() },
