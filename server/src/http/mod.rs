@@ -19,7 +19,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use bully_client::{CommandRequest, ErrorCode, Limits, Status};
+use bully_client::{CommandRequest, ErrorCode, Limits, Role, Status};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::debug;
@@ -54,8 +54,11 @@ pub struct AppState {
 
 /// The answer for a server that cannot execute commands now.
 pub fn not_serving(view: &View) -> ApiError {
+    // A coordinator still claiming its term, or draining before a handoff, has no one better to
+    // point to: the client should retry shortly.
+    let in_transition = matches!(view.role, Role::Coordinator | Role::HandingOff);
     match &view.coordinator {
-        Some(c) if view.role != bully_client::Role::Coordinator => ApiError::new(
+        Some(c) if !in_transition => ApiError::new(
             ErrorCode::NotCoordinator,
             format!("this server is not the coordinator; try {}", c.client_addr),
         )
@@ -204,7 +207,7 @@ async fn wait_until_accepting(state: &AppState) -> Result<(), ApiError> {
     let mut view = state.view.clone();
     let settled = |v: &View| {
         v.accepting
-            || (v.role != bully_client::Role::Coordinator
+            || (!matches!(v.role, Role::Coordinator | Role::HandingOff)
                 && v.coordinator.as_ref().is_some_and(|c| c.term.is_some()))
     };
     if !settled(&view.borrow()) {
