@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Checks the Helm chart and the rendered manifests, offline:
+#   1. helm lint, with the default values and with every other supported shape of values;
+#   2. helm template of each shape, every document validated by
+#      `kubernetes-validate --strict -k 1.32.0` (unknown fields and wrong types fail);
+#      kubernetes-validate has no schema for the BullyCluster custom resource, so that document is
+#      validated against the openAPIV3Schema of the chart's own CRD instead (unknown fields fail);
+#   3. the CRD in the chart is the one `bully-controller crdgen` generates (when cargo is there;
+#      `cargo test -p bully-controller` checks it too);
+#   4. k8s/bully.yaml is not stale: a fresh render must be identical.
+# Installs helm and kubernetes-validate into .tools/ on first use (scripts/k8s-tools.sh).
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+chart="$root/charts/bully"
+kube_version="1.32.0"
+# shellcheck source=k8s-tools.sh
+source "$root/scripts/k8s-tools.sh"
+python="$root/.tools/venv/bin/python"
+
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+failed=0
+fail() {
+    echo "k8s-validate: FAIL: $*" >&2
+    failed=1
+}
+
+# name|helm arguments. Each shape must lint, render and validate.
+shapes=(
+    "default|"
+    "no-auth|--set auth.enabled=false"
+    "external-mongodb|--set mongodb.enabled=false --set mongodb.uri=mongodb://db.example:27017/?replicaSet=rs0"
+    "existing-secrets|--set auth.existingSecret=my-token --set mongodb.enabled=false --set mongodb.existingSecret=my-mongodb"
+    "no-controller-no-netpol|--set controller.enabled=false --set networkPolicy.enabled=false"
+    "client-job-restricted|--set clientJob.enabled=true --set networkPolicy.clientFrom[0].namespaceSelector.matchLabels.team=apps"
+    "ephemeral-mongodb|--set mongodb.persistence.enabled=false --set server.replicas=5 --set mongodb.replicas=1"
+    "kube-1.20|--kube-version 1.20.2"
+)
+
+for shape in "${shapes[@]}"; do
+    name="${shape%%|*}"
+    read -r -a args <<<"${shape#*|}"
+    if ! "$HELM" lint --quiet --strict "$chart" "${args[@]}" >"$tmp/lint-$name.log" 2>&1; then
+        cat "$tmp/lint-$name.log" >&2
+        fail "helm lint ($name)"
+        continue
+    fi
+    out="$tmp/$name.yaml"
+    if ! "$HELM" template bully "$chart" --namespace default --include-crds "${args[@]}" >"$out" 2>"$tmp/template-$name.log"; then
+        cat "$tmp/template-$name.log" >&2
+        fail "helm template ($name)"
+        continue
+    fi
+    # Split into one file per document so that every one is validated and named.
+    "$python" - "$out" "$tmp/docs-$name" <<'PY'
+import os, sys, yaml
+src, dest = sys.argv[1], sys.argv[2]
+os.makedirs(dest, exist_ok=True)
+n = 0
+with open(src) as f:
+    for doc in yaml.safe_load_all(f):
+        if not doc:
+            continue
+        n += 1
+        kind = doc.get("kind", "unknown").lower()
+        name = doc.get("metadata", {}).get("name", "unnamed")
+        with open(os.path.join(dest, f"{n:02d}-{kind}-{name}.yaml"), "w") as out:
+            yaml.safe_dump(doc, out, sort_keys=False)
+PY
+    for doc in "$tmp/docs-$name"/*.yaml; do
+        if grep -q '^kind: BullyCluster$' "$doc"; then
+            continue # no schema in kubernetes-validate: checked against the CRD below
+        fi
+        if [[ "$name" == kube-1.20 ]] && grep -q '^apiVersion: policy/v1beta1$' "$doc"; then
+            # policy/v1beta1 is what a 1.20 API server serves; kubernetes-validate's schemas start
+            # at 1.25, which no longer has it. The fields the chart uses are the same in
+            # policy/v1, so validate the document as that.
+            sed -i 's|^apiVersion: policy/v1beta1$|apiVersion: policy/v1|' "$doc"
+        fi
+        if ! "$KUBERNETES_VALIDATE" --strict --quiet -k "$kube_version" "$doc" >"$tmp/kv.log" 2>&1; then
+            cat "$tmp/kv.log" >&2
+            fail "kubernetes-validate $(basename "$doc") ($name)"
+        elif grep -q WARN "$tmp/kv.log"; then
+            cat "$tmp/kv.log" >&2
+            fail "kubernetes-validate warned on $(basename "$doc") ($name)"
+        fi
+    done
+    # BullyCluster documents against the CRD's schema, with unknown fields rejected (the API
+    # server would silently prune them).
+    "$python" - "$chart/crds/bullycluster.yaml" "$tmp/docs-$name" <<'PY' || fail "BullyCluster schema ($name)"
+import glob, sys, yaml, jsonschema
+crd = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d][0]
+schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+def strict(node):
+    if isinstance(node, dict):
+        if node.get("type") == "object" and "properties" in node:
+            node.setdefault("additionalProperties", False)
+            node["properties"].setdefault("apiVersion", {"type": "string"}) if node is schema else None
+            node["properties"].setdefault("kind", {"type": "string"}) if node is schema else None
+            node["properties"].setdefault("metadata", {"type": "object"}) if node is schema else None
+        for v in node.values():
+            strict(v)
+    elif isinstance(node, list):
+        for v in node:
+            strict(v)
+strict(schema)
+ok = True
+for path in sorted(glob.glob(sys.argv[2] + "/*.yaml")):
+    doc = yaml.safe_load(open(path))
+    if doc.get("kind") != "BullyCluster":
+        continue
+    if doc.get("apiVersion") != f'{crd["spec"]["group"]}/{crd["spec"]["versions"][0]["name"]}':
+        print(f"{path}: apiVersion {doc.get('apiVersion')} is not served by the CRD")
+        ok = False
+        continue
+    errors = list(jsonschema.Draft4Validator(schema).iter_errors(doc))
+    for e in errors:
+        print(f"{path}: {'/'.join(map(str, e.path))}: {e.message}")
+    ok = ok and not errors
+    if not errors:
+        print(f"INFO {path.rsplit('/', 1)[-1]} passed against the CRD schema")
+sys.exit(0 if ok else 1)
+PY
+    echo "k8s-validate: $name: lint, template and $(ls "$tmp/docs-$name" | wc -l) documents OK"
+done
+
+# The chart's CRD is what the Rust types generate.
+if command -v cargo >/dev/null 2>&1; then
+    if (cd "$root" && cargo run --quiet -p bully-controller -- crdgen >"$tmp/crd.yaml" 2>"$tmp/crdgen.log"); then
+        diff -u "$chart/crds/bullycluster.yaml" "$tmp/crd.yaml" \
+            || fail "charts/bully/crds/bullycluster.yaml is stale: cargo run -p bully-controller -- crdgen --output charts/bully/crds/bullycluster.yaml"
+    else
+        cat "$tmp/crdgen.log" >&2
+        fail "bully-controller crdgen"
+    fi
+else
+    echo "k8s-validate: cargo not found; the CRD freshness is checked by cargo test -p bully-controller" >&2
+fi
+
+# k8s/ is what the chart renders.
+bash "$root/scripts/k8s-render.sh" "$tmp/bully.yaml" >/dev/null
+diff -u "$root/k8s/bully.yaml" "$tmp/bully.yaml" \
+    || fail "k8s/bully.yaml is stale: run scripts/k8s-render.sh"
+
+if [ "$failed" -ne 0 ]; then
+    echo "k8s-validate: failed" >&2
+    exit 1
+fi
+echo "k8s-validate: all checks passed"
