@@ -367,6 +367,9 @@ pub enum ErrorCode {
     PageTooLarge,
     /// The request body exceeds the server's body limit.
     PayloadTooLarge,
+    /// The request (including a slowly sent body) took longer than the server allows; a
+    /// command may or may not have been applied, and retrying it with the same id is safe.
+    RequestTimeout,
     /// The id was already used for a different command.
     IdConflict,
     /// Missing or wrong bearer token.
@@ -404,6 +407,7 @@ impl ErrorCode {
                 | ErrorCode::Fenced
                 | ErrorCode::StoreUnavailable
                 | ErrorCode::ShuttingDown
+                | ErrorCode::RequestTimeout
                 | ErrorCode::Internal
                 | ErrorCode::Unknown
         )

@@ -92,6 +92,12 @@ pub struct ServeArgs {
     /// How long one store operation may retry transient errors before giving up.
     #[arg(long, env = "BULLY_STORE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub store_timeout: Duration,
+    /// Longest a client request may take, reading a slowly sent body included (408 after).
+    #[arg(long, env = "BULLY_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// Connections served at once on the client API; more wait in the listen backlog.
+    #[arg(long, env = "BULLY_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
     /// Commands the coordinator queues before answering 503.
     #[arg(long, env = "BULLY_QUEUE_CAPACITY", default_value_t = 1024)]
     pub queue_capacity: usize,
@@ -156,6 +162,12 @@ impl ServeArgs {
         }
         if self.store == StoreKind::Mongodb && self.mongodb_uri.is_none() {
             return fail("--store mongodb needs --mongodb-uri (or BULLY_MONGODB_URI)".into());
+        }
+        if self.max_connections == 0 {
+            return fail("--max-connections must be at least 1".into());
+        }
+        if self.request_timeout < Duration::from_millis(100) {
+            return fail("--request-timeout must be at least 100ms".into());
         }
         if self.queue_capacity == 0 {
             return fail("--queue-capacity must be at least 1".into());

@@ -56,6 +56,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::PageTooLarge => StatusCode::BAD_REQUEST,
         ErrorCode::ValueTooLarge | ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::IdConflict => StatusCode::CONFLICT,
+        ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::NotCoordinator => StatusCode::MISDIRECTED_REQUEST,

@@ -191,15 +191,19 @@ pub async fn run(
         token,
         hold: (args.heartbeat_timeout * 2).min(Duration::from_secs(3)),
         answer_timeout: args.store_timeout + Duration::from_secs(5),
+        request_timeout: args.request_timeout,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let client_server = tokio::spawn(
-        axum::serve(client_listener, http::client_router(state.clone()))
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
-            .into_future(),
+        axum::serve(
+            http::limits::LimitedListener::new(client_listener, args.max_connections),
+            http::client_router(state.clone()),
+        )
+        .with_graceful_shutdown(stopped(stop_rx.clone()))
+        .into_future(),
     );
     let peer_server = tokio::spawn(
         axum::serve(peer_listener, http::peer_router(state))

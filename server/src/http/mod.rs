@@ -22,7 +22,7 @@ use axum::routing::{get, post};
 use bully_client::{CommandRequest, ErrorCode, Limits, Role, Status};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::warn;
 
 use crate::auth::Token;
 use crate::election::{Envelope, NodeInfo};
@@ -31,6 +31,7 @@ use crate::executor::{ExecMsg, Job};
 use crate::metrics::Metrics;
 use crate::node::{Event, View};
 
+pub mod limits;
 #[cfg(test)]
 mod tests;
 
@@ -50,6 +51,8 @@ pub struct AppState {
     pub hold: Duration,
     /// Upper bound on waiting for the executor's answer.
     pub answer_timeout: Duration,
+    /// Upper bound on a whole request, reading a slowly sent body included.
+    pub request_timeout: Duration,
 }
 
 /// The answer for a server that cannot execute commands now.
@@ -87,7 +90,21 @@ pub fn client_router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.max_body))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(timed_out))
+                .timeout(state.request_timeout),
+        )
         .with_state(state)
+}
+
+/// Answers 408 (JSON) for a request that outlived its time limit, a slow client included.
+async fn timed_out(_: tower::BoxError) -> ApiError {
+    ApiError::new(
+        ErrorCode::RequestTimeout,
+        "the request took too long (a slow client, or a slow store); retrying with the same id \
+         is safe",
+    )
 }
 
 pub fn peer_router(state: AppState) -> Router {
@@ -100,6 +117,11 @@ pub fn peer_router(state: AppState) -> Router {
         .fallback(not_found)
         // Election messages are tiny.
         .layer(DefaultBodyLimit::max(64 * 1024))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(timed_out))
+                .timeout(Duration::from_secs(5)),
+        )
         .with_state(state)
 }
 
@@ -263,7 +285,7 @@ async fn peer_message(
 ) -> Result<StatusCode, ApiError> {
     let body = body.map_err(|r| body_error(r, 64 * 1024))?;
     let envelope: Envelope = serde_json::from_slice(&body).map_err(|e| {
-        debug!(error = %e, "malformed peer message rejected");
+        warn!(error = %e, "malformed peer message rejected");
         ApiError::new(
             ErrorCode::InvalidJson,
             format!("malformed peer message: {e}"),

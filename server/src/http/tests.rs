@@ -89,6 +89,7 @@ async fn harness(queue: usize, run_executor: bool) -> Harness {
         token: None,
         hold: Duration::from_millis(50),
         answer_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(10),
     };
     Harness {
         state,

@@ -19,6 +19,9 @@ const QUEUE: usize = 64;
 /// A peer's task ends after this long without messages (peers come and go with their IPs).
 const IDLE: Duration = Duration::from_secs(30);
 
+/// An envelope and when it was queued.
+type Queued = (Instant, Envelope);
+
 /// Sends envelopes to peers.
 #[derive(Clone)]
 pub struct Transport {
@@ -26,7 +29,7 @@ pub struct Transport {
     token: Option<Arc<str>>,
     timeout: Duration,
     // Held only to look up or insert a sender; never across an await.
-    queues: Arc<Mutex<HashMap<String, mpsc::Sender<(Instant, Envelope)>>>>,
+    queues: Arc<Mutex<HashMap<String, mpsc::Sender<Queued>>>>,
 }
 
 impl Transport {
@@ -70,7 +73,7 @@ impl Transport {
         tokio::spawn(self.clone().deliver(to.to_string(), rx));
     }
 
-    async fn deliver(self, to: String, mut rx: mpsc::Receiver<(Instant, Envelope)>) {
+    async fn deliver(self, to: String, mut rx: mpsc::Receiver<Queued>) {
         let url = bully_client::client::url(&to, "/peer/v1/message");
         while let Ok(Some((queued, envelope))) = tokio::time::timeout(IDLE, rx.recv()).await {
             // Behind a slow or paused peer the queue backs up; a heartbeat that old would

@@ -73,7 +73,16 @@ async fn terms_increase_by_one((a, b): Pair) {
 async fn apply_requires_the_current_term((a, _): Pair) {
     // Before any claim the term is 0, and nobody holds it.
     let err = a.apply(0, "x0", &put("k", json!(0))).await.unwrap_err();
-    assert!(matches!(err, StoreError::Fenced { mine: 0, current: 0 }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            StoreError::Fenced {
+                mine: 0,
+                current: 0
+            }
+        ),
+        "{err:?}"
+    );
     let err = a.apply(1, "x1", &put("k", json!(1))).await.unwrap_err();
     assert!(
         matches!(
