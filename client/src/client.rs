@@ -37,7 +37,7 @@ impl Default for ClientOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// A server refused the request itself (bad input, auth); retrying cannot help.
-    #[error("{server} rejected the command: {} ({:?})", .body.message, .body.code)]
+    #[error("{server} rejected the command: {} ({})", .body.message, .body.code)]
     Rejected { server: String, body: ErrorBody },
     /// No server executed the command before the deadline.
     #[error("no server could execute the command within {timeout:?}")]

@@ -396,6 +396,16 @@ pub enum ErrorCode {
     Unknown,
 }
 
+impl std::fmt::Display for ErrorCode {
+    /// The wire name, e.g. `not_coordinator`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match serde_json::to_value(self) {
+            Ok(Value::String(name)) => f.write_str(&name),
+            _ => write!(f, "{self:?}"),
+        }
+    }
+}
+
 impl ErrorCode {
     /// Whether retrying the same request (same id), here or on another server, can succeed.
     pub fn is_retryable(self) -> bool {

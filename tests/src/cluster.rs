@@ -74,6 +74,8 @@ pub struct Cluster {
     pub store: StoreSpec,
     peers: Vec<String>,
     extra: Vec<String>,
+    /// The bearer token, when the servers were given `--token-file`.
+    pub token: Option<String>,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -101,12 +103,23 @@ impl Cluster {
             });
         }
         let peers = servers.iter().map(|s| s.peer_addr.clone()).collect();
+        let token = extra
+            .iter()
+            .position(|a| *a == "--token-file")
+            .and_then(|i| extra.get(i + 1))
+            .map(|path| {
+                std::fs::read_to_string(path)
+                    .expect("token file")
+                    .trim()
+                    .to_string()
+            });
         let mut cluster = Cluster {
             servers,
             dir,
             store,
             peers,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            token,
             _serial: serial,
         };
         for i in 0..ranks.len() {
@@ -198,7 +211,7 @@ impl Cluster {
             ClientOptions {
                 timeout: Duration::from_secs(20),
                 attempt_timeout: Duration::from_secs(2),
-                token: None,
+                token: self.token.clone(),
             },
         )
         .expect("client")

@@ -198,7 +198,7 @@ async fn run(cli: Cli) -> ExitCode {
                 println!("{}", serde_json::to_string(&body).unwrap_or_default());
             }
             eprintln!(
-                "error: {server} rejected the command: {} ({:?})",
+                "error: {server} rejected the command: {} ({})",
                 body.message, body.code
             );
             ExitCode::from(EXIT_USAGE)
