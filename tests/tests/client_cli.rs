@@ -150,7 +150,9 @@ fn cli_exits_3_when_no_server_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_server_rejects_bad_input_and_keeps_serving() {
-    let cluster = Cluster::start(&[1], StoreSpec::Embedded);
+    // Small limits, so that an oversize body still fits in the socket buffers: the server
+    // answers 413 before reading it, and a huge body could meet a closed connection instead.
+    let cluster = Cluster::start_with(&[1], StoreSpec::Embedded, &["--max-value-bytes", "1000"]);
     cluster.await_coordinator(0, Duration::from_secs(15)).await;
     let url = format!("http://{}/v1/commands", cluster.servers[0].client_addr);
     let http = reqwest::Client::new();
@@ -181,13 +183,13 @@ async fn a_real_server_rejects_bad_input_and_keeps_serving() {
     }
     let huge = format!(
         r#"{{"id":"a","command":{{"op":"put","key":"k","value":"{}"}}}}"#,
-        "x".repeat(3 * 1024 * 1024)
+        "x".repeat(200 * 1024)
     );
     let response = http.post(&url).body(huge).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 413);
     let big_value = format!(
         r#"{{"id":"a","command":{{"op":"put","key":"k","value":"{}"}}}}"#,
-        "x".repeat(1024 * 1024 + 10)
+        "x".repeat(1010)
     );
     let response = http.post(&url).body(big_value).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 413);
