@@ -25,6 +25,19 @@ fn embedded_store(cluster: &Cluster) -> EmbeddedStore {
     EmbeddedStore::open(cluster.dir.path().join("bully.db")).expect("open store")
 }
 
+/// A cluster on a fresh database of `mongo`, and a store handle for checking it.
+async fn mongo_cluster(mongo: &Secantus, database: &str) -> (Cluster, MongoStore) {
+    let spec = StoreSpec::Mongo {
+        uri: mongo.uri(),
+        database: database.to_string(),
+    };
+    let cluster = Cluster::start(&[100, 300, 200], spec);
+    let store = MongoStore::connect(&mongo.uri(), database, MongoOptions::default())
+        .await
+        .expect("connect");
+    (cluster, store)
+}
+
 /// Runs a 4-client workload around `fault`.
 async fn with_workload<F, Fut>(cluster: &Cluster, fault: F) -> Report
 where
@@ -112,15 +125,7 @@ async fn sigkill_coordinator_embedded_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_coordinator_mongodb_store() {
     let mongo = Secantus::start().await;
-    let database = "bully_crash".to_string();
-    let spec = StoreSpec::Mongo {
-        uri: mongo.uri(),
-        database: database.clone(),
-    };
-    let cluster = Cluster::start(&[100, 300, 200], spec);
-    let store = MongoStore::connect(&mongo.uri(), &database, MongoOptions::default())
-        .await
-        .expect("connect");
+    let (cluster, store) = mongo_cluster(&mongo, "bully_crash").await;
     crash_test(cluster, &store).await;
 }
 
@@ -238,14 +243,7 @@ async fn sigstop_test(cluster: Cluster, store: &dyn Store, paused_holds_store: b
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigstop_coordinator_is_fenced_mongodb_store() {
     let mongo = Secantus::start().await;
-    let spec = StoreSpec::Mongo {
-        uri: mongo.uri(),
-        database: "bully_pause".into(),
-    };
-    let cluster = Cluster::start(&[100, 300, 200], spec);
-    let store = MongoStore::connect(&mongo.uri(), "bully_pause", MongoOptions::default())
-        .await
-        .expect("connect");
+    let (cluster, store) = mongo_cluster(&mongo, "bully_pause").await;
     sigstop_test(cluster, &store, false).await;
 }
 
@@ -302,15 +300,7 @@ async fn restarted_servers_rejoin_and_the_highest_takes_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn store_step_down_during_workload_loses_nothing() {
     let mongo = Secantus::start().await;
-    let database = "bully_stepdown".to_string();
-    let spec = StoreSpec::Mongo {
-        uri: mongo.uri(),
-        database: database.clone(),
-    };
-    let cluster = Cluster::start(&[100, 300, 200], spec);
-    let store = MongoStore::connect(&mongo.uri(), &database, MongoOptions::default())
-        .await
-        .expect("connect");
+    let (cluster, store) = mongo_cluster(&mongo, "bully_stepdown").await;
     cluster.await_coordinator(1, failover_bound()).await;
     let report = with_workload(&cluster, || async {
         mongo.step_down(3).await;

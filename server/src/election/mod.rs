@@ -365,17 +365,22 @@ impl Node {
                     && peer.role == Some(Role::Coordinator)
                 {
                     let from = addr.clone();
-                    self.state = State::TakingOver {
-                        from: from.clone(),
-                        deadline: now + self.config.handoff_timeout,
-                    };
-                    out.push(Output::Send {
-                        to: from,
-                        message: Message::Takeover,
-                    });
+                    self.request_takeover(from, now, out);
                 }
             }
         }
+    }
+
+    /// Asks the live, lower-ranked coordinator at `from` to drain and hand over.
+    fn request_takeover(&mut self, from: String, now: u64, out: &mut Vec<Output>) {
+        self.state = State::TakingOver {
+            from: from.clone(),
+            deadline: now + self.config.handoff_timeout,
+        };
+        out.push(Output::Send {
+            to: from,
+            message: Message::Takeover,
+        });
     }
 
     fn start_election(&mut self, now: u64, out: &mut Vec<Output>) {
@@ -417,14 +422,7 @@ impl Node {
             }
             // A live lower-ranked coordinator gets to drain and hand over first.
             let from = addr.clone();
-            self.state = State::TakingOver {
-                from: from.clone(),
-                deadline: now + self.config.handoff_timeout,
-            };
-            out.push(Output::Send {
-                to: from,
-                message: Message::Takeover,
-            });
+            self.request_takeover(from, now, out);
             return;
         }
         self.become_coordinator(now, out);
