@@ -1,2 +1,3 @@
+pub mod chaos;
 pub mod cluster;
 pub mod secantus;

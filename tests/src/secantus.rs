@@ -129,6 +129,8 @@ impl Secantus {
             // For `configureFailPoint` (see `fail_command`); off by default because anyone who
             // can reach the port could arm it, which does not matter on a private loopback port.
             .arg("--enable-test-commands")
+            // Without it SecantusDB acknowledges majority writes it can lose in a crash.
+            .arg("--sync-on-commit")
             .arg("--storage-path")
             .arg(self.dir.path().join("data"))
             .stdin(Stdio::null())

@@ -47,12 +47,14 @@ impl EmbeddedStore {
         let conn = Connection::open(&path).map_err(|e| unavailable(&path, e))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| unavailable(&path, e))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| unavailable(&path, e))?;
+        // Switching a fresh file to WAL answers SQLITE_BUSY at once, without the busy timeout,
+        // when another process does the same: several servers start together on one file.
+        retry_busy(&path, || conn.pragma_update(None, "journal_mode", "WAL"))?;
         // FULL: a command acknowledged to a client survives a power cut, not only a crash.
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(|e| unavailable(&path, e))?;
-        conn.execute_batch(
+        retry_busy(&path, || {
+            conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS fence (
                  id INTEGER PRIMARY KEY CHECK (id = 1),
                  term INTEGER NOT NULL, holder TEXT NOT NULL, seq INTEGER NOT NULL);
@@ -63,7 +65,7 @@ impl EmbeddedStore {
                  fingerprint TEXT NOT NULL, outcome TEXT NOT NULL, at_ms INTEGER NOT NULL);
              CREATE INDEX IF NOT EXISTS commands_at ON commands (at_ms);",
         )
-        .map_err(|e| unavailable(&path, e))?;
+        })?;
         Ok(EmbeddedStore {
             conn: Arc::new(Mutex::new(conn)),
             path,
@@ -88,6 +90,24 @@ impl EmbeddedStore {
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+}
+
+/// Runs `f` again while SQLite answers busy or locked, up to the busy timeout.
+fn retry_busy<T>(path: &Path, mut f: impl FnMut() -> rusqlite::Result<T>) -> Result<T> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match f() {
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other.map_err(|e| unavailable(path, e)),
+        }
     }
 }
 
@@ -330,6 +350,27 @@ impl Store for EmbeddedStore {
 mod tests {
     use super::*;
     use crate::store::conformance;
+
+    #[test]
+    fn concurrent_first_opens_of_a_fresh_file_all_succeed() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("fresh.db");
+            let barrier = Arc::new(std::sync::Barrier::new(8));
+            let openers: Vec<_> = (0..8)
+                .map(|_| {
+                    let (path, barrier) = (path.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        EmbeddedStore::open(&path).map(|_| ())
+                    })
+                })
+                .collect();
+            for opener in openers {
+                opener.join().unwrap().expect("open");
+            }
+        }
+    }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn embedded_backend_conforms() {

@@ -1,0 +1,402 @@
+//! The invariants a chaos run must keep, checked after the run from the history, the store and
+//! the servers' logs.
+//!
+//! - **linearizability**: the history (final reads included) is linearizable per key
+//!   ([`super::linearizability`]). Implies that every acknowledged write is reflected.
+//! - **exactly-once**: every acknowledged write has its record in the store with the same seq,
+//!   term and outcome; each counter key's final value is the sum of the deltas of the
+//!   increments that have a record (nothing lost, nothing applied twice).
+//! - **order**: acknowledged sequence numbers are unique; terms never decrease as sequence
+//!   numbers increase; the sequence order respects real time (a command that completed before
+//!   another was invoked has the smaller number), which includes each client's program order;
+//!   and replaying the commands in sequence order reproduces every observed result.
+//! - **terms**: from the logs, each term is claimed by one server process; a server executes
+//!   only under a term it claimed; it never answers with a newer term than its own; each
+//!   acknowledged fresh (non-duplicate) command was applied by the process that claimed its
+//!   term. So at most one coordinator commits in any term.
+//! - **crashes**: no server exits or panics unless the harness made it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+use bully_client::{Command, Outcome};
+use bully_server::store::{FenceState, Record};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::history::{OpRecord, OpResult, Resolved, resolve};
+use super::linearizability::kv::{KeyResult, check_kv, replay_in_order};
+
+/// One broken invariant.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Violation {
+    pub check: String,
+    pub message: String,
+}
+
+fn violation(check: &str, message: String) -> Violation {
+    Violation {
+        check: check.into(),
+        message,
+    }
+}
+
+/// Facts gathered for the checks, besides the history.
+pub struct Evidence<'a> {
+    pub history: &'a [OpRecord],
+    /// Store records of every write id that has one (looked up after all servers stopped).
+    pub records: &'a HashMap<String, Record>,
+    /// Each counter key's value in the store after all servers stopped.
+    pub counters: &'a BTreeMap<String, Option<Value>>,
+    pub fence: Option<&'a FenceState>,
+    /// One log file per server.
+    pub logs: &'a [&'a Path],
+    pub budget: u64,
+}
+
+/// What the checks counted, for the summary.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CheckStats {
+    pub checked_ops: usize,
+    pub claims: usize,
+    pub attributed: usize,
+    pub unattributed: usize,
+}
+
+pub fn run_all(evidence: &Evidence<'_>) -> (Vec<Violation>, CheckStats) {
+    let mut violations = Vec::new();
+    let mut stats = CheckStats::default();
+    for op in evidence.history {
+        if let OpResult::Rejected { code, error } = &op.result {
+            violations.push(violation(
+                "rejected",
+                format!("valid command {} was rejected ({code}): {error}", op.id),
+            ));
+        }
+    }
+    let resolved = resolve(evidence.history, evidence.records);
+    stats.checked_ops = resolved.len();
+    linearizability(evidence, &resolved, &mut violations);
+    exactly_once(evidence, &mut violations);
+    order(evidence.history, &resolved, &mut violations);
+    terms(evidence, &mut violations, &mut stats);
+    (violations, stats)
+}
+
+fn describe(history: &[OpRecord], index: usize) -> String {
+    let op = &history[index];
+    let result = match &op.result {
+        OpResult::Ok { response } => serde_json::to_string(response).unwrap_or_default(),
+        other => serde_json::to_string(other).unwrap_or_default(),
+    };
+    format!(
+        "#{index} client {} id {} {} [{}us..{}] -> {result}",
+        op.client,
+        op.id,
+        serde_json::to_string(&op.command).unwrap_or_default(),
+        op.invoke_us,
+        op.complete_us
+            .map_or("never".to_string(), |t| format!("{t}us"))
+    )
+}
+
+fn linearizability(evidence: &Evidence<'_>, resolved: &[Resolved], out: &mut Vec<Violation>) {
+    let ops: Vec<_> = resolved.iter().map(|r| r.op.clone()).collect();
+    for verdict in check_kv(&ops, evidence.budget) {
+        match verdict.result {
+            KeyResult::Linearizable => {}
+            KeyResult::Inconclusive { steps } => out.push(violation(
+                "linearizability-inconclusive",
+                format!(
+                    "key {}: no verdict within {steps} search steps ({} ops)",
+                    verdict.key, verdict.ops
+                ),
+            )),
+            KeyResult::NotLinearizable {
+                longest_prefix,
+                value_after_prefix,
+                stuck_at,
+            } => {
+                let tail: Vec<String> = longest_prefix
+                    .iter()
+                    .rev()
+                    .take(5)
+                    .rev()
+                    .map(|&i| describe(evidence.history, resolved[i].index))
+                    .collect();
+                let stuck = stuck_at.map_or("the end of the history".to_string(), |i| {
+                    describe(evidence.history, resolved[i].index)
+                });
+                out.push(violation(
+                    "linearizability",
+                    format!(
+                        "key {} ({} ops) is not linearizable: the longest linearizable prefix \
+                         has {} ops and leaves the value {}; no order explains {stuck}; last \
+                         ops of that prefix: {tail:#?}",
+                        verdict.key,
+                        verdict.ops,
+                        longest_prefix.len(),
+                        value_after_prefix.map_or("<absent>".to_string(), |v| v.to_string()),
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+fn exactly_once(evidence: &Evidence<'_>, out: &mut Vec<Violation>) {
+    let mut sums: BTreeMap<&str, i64> = BTreeMap::new();
+    for op in evidence.history {
+        let record = evidence.records.get(&op.id);
+        if let Some(response) = op.response()
+            && !op.command.is_read()
+        {
+            match record {
+                None => out.push(violation(
+                    "exactly-once",
+                    format!("acknowledged {} has no record in the store", op.id),
+                )),
+                Some(r)
+                    if (r.seq, r.term, &r.outcome)
+                        != (response.seq, response.term, &response.outcome) =>
+                {
+                    out.push(violation(
+                        "exactly-once",
+                        format!(
+                            "{} was acknowledged as seq {} term {} {:?} but the store has seq \
+                             {} term {} {:?}",
+                            op.id,
+                            response.seq,
+                            response.term,
+                            response.outcome,
+                            r.seq,
+                            r.term,
+                            r.outcome
+                        ),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        if let Command::Incr { key, delta } = &op.command
+            && evidence.counters.contains_key(key)
+            && let Some(Record {
+                outcome: Outcome::Counter { .. },
+                ..
+            }) = record
+        {
+            *sums.entry(key.as_str()).or_default() += delta;
+        }
+    }
+    for (key, value) in evidence.counters {
+        let expected = sums.get(key.as_str()).copied().unwrap_or(0);
+        let actual = value.as_ref().map_or(Some(0), Value::as_i64);
+        if actual != Some(expected) {
+            out.push(violation(
+                "exactly-once",
+                format!(
+                    "counter {key} is {value:?} in the store, but the increments with a record \
+                     add up to {expected} (lost or doubly applied increments)"
+                ),
+            ));
+        }
+    }
+}
+
+fn order(history: &[OpRecord], resolved: &[Resolved], out: &mut Vec<Violation>) {
+    let mut by_seq: Vec<&Resolved> = resolved.iter().filter(|r| r.seq.is_some()).collect();
+    by_seq.sort_by_key(|r| r.seq);
+    for pair in by_seq.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        if a.seq == b.seq {
+            out.push(violation(
+                "order",
+                format!(
+                    "seq {:?} was given to two commands: {} and {}",
+                    a.seq,
+                    describe(history, a.index),
+                    describe(history, b.index)
+                ),
+            ));
+        }
+        if a.term > b.term {
+            out.push(violation(
+                "order",
+                format!(
+                    "term went back as seq went up: {} then {}",
+                    describe(history, a.index),
+                    describe(history, b.index)
+                ),
+            ));
+        }
+    }
+    // Real time: nothing with a higher seq may have completed before this one was invoked.
+    let mut earliest_later: Option<(u64, usize)> = None;
+    for r in by_seq.iter().rev() {
+        if let Some((ret, later)) = earliest_later
+            && ret < r.op.call
+        {
+            out.push(violation(
+                "order",
+                format!(
+                    "seq order contradicts real time: {} completed before {} was invoked, but \
+                     has the higher seq",
+                    describe(history, later),
+                    describe(history, r.index)
+                ),
+            ));
+            break;
+        }
+        if let Some(ret) = r.op.ret
+            && earliest_later.is_none_or(|(t, _)| ret < t)
+        {
+            earliest_later = Some((ret, r.index));
+        }
+    }
+    let ops: Vec<_> = by_seq.iter().map(|r| &r.op).collect();
+    if let Err((position, value)) = replay_in_order(&ops) {
+        out.push(violation(
+            "order",
+            format!(
+                "replaying commands in seq order, {} does not match the value {} its key held",
+                describe(history, by_seq[position].index),
+                value.map_or("<absent>".to_string(), |v| v.to_string())
+            ),
+        ));
+    }
+}
+
+/// The log lines the term checks use.
+#[derive(Debug)]
+enum Line {
+    Starting,
+    Claimed(u64),
+    Executing(u64),
+    Stopped,
+    Applied { id: String, seq: u64, term: u64 },
+    Panic(String),
+}
+
+fn parse_line(text: &str) -> Option<Line> {
+    let Ok(value) = serde_json::from_str::<Value>(text) else {
+        return text
+            .contains("panicked")
+            .then(|| Line::Panic(text.to_string()));
+    };
+    let message = value.get("message")?.as_str()?;
+    let number = |field: &str| value.get(field).and_then(Value::as_u64);
+    Some(match message {
+        "server starting" => Line::Starting,
+        "claimed term" => Line::Claimed(number("term")?),
+        "executing commands" => Line::Executing(number("term")?),
+        "stopped executing commands" | "queue drained" | "term superseded: stepping down" => {
+            Line::Stopped
+        }
+        "applied" => Line::Applied {
+            id: value.get("id")?.as_str()?.to_string(),
+            seq: number("seq")?,
+            term: number("term")?,
+        },
+        _ => return None,
+    })
+}
+
+fn terms(evidence: &Evidence<'_>, out: &mut Vec<Violation>, stats: &mut CheckStats) {
+    // (server, incarnation) of each claim, and of each applied (id, seq, term).
+    let mut claims: BTreeMap<u64, Vec<(usize, usize)>> = BTreeMap::new();
+    let mut applied: HashMap<(String, u64, u64), Vec<(usize, usize)>> = HashMap::new();
+    for (server, path) in evidence.logs.iter().enumerate() {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let mut incarnation = 0;
+        let mut claimed_here: HashSet<u64> = HashSet::new();
+        let mut executing: Option<u64> = None;
+        for line in text.lines().filter_map(parse_line) {
+            match line {
+                Line::Starting => {
+                    incarnation += 1;
+                    claimed_here.clear();
+                    executing = None;
+                }
+                Line::Claimed(term) => {
+                    claims.entry(term).or_default().push((server, incarnation));
+                    claimed_here.insert(term);
+                }
+                Line::Executing(term) => {
+                    if !claimed_here.contains(&term) {
+                        out.push(violation(
+                            "terms",
+                            format!("s{server} executed commands under term {term}, which it did not claim"),
+                        ));
+                    }
+                    executing = Some(term);
+                }
+                Line::Stopped => executing = None,
+                Line::Applied { id, seq, term } => {
+                    match executing {
+                        Some(mine) if term <= mine => {}
+                        _ => out.push(violation(
+                            "terms",
+                            format!(
+                                "s{server} answered {id} with seq {seq} term {term} while \
+                                 executing under {executing:?}"
+                            ),
+                        )),
+                    }
+                    applied
+                        .entry((id, seq, term))
+                        .or_default()
+                        .push((server, incarnation));
+                }
+                Line::Panic(text) => {
+                    out.push(violation("crash", format!("s{server} panicked: {text}")))
+                }
+            }
+        }
+    }
+    stats.claims = claims.len();
+    for (term, holders) in &claims {
+        if holders.len() > 1 {
+            out.push(violation(
+                "terms",
+                format!("term {term} was claimed by several server processes: {holders:?}"),
+            ));
+        }
+    }
+    if let (Some(fence), Some(max)) = (evidence.fence, claims.keys().next_back())
+        && fence.term < *max
+    {
+        out.push(violation(
+            "terms",
+            format!(
+                "the store's term {} is below the claimed term {max}",
+                fence.term
+            ),
+        ));
+    }
+    for op in evidence.history {
+        let Some(response) = op.response() else {
+            continue;
+        };
+        if response.duplicate || op.command.is_read() {
+            continue;
+        }
+        let key = (op.id.clone(), response.seq, response.term);
+        let Some(appliers) = applied.get(&key) else {
+            stats.unattributed += 1;
+            continue;
+        };
+        let claimer = claims.get(&response.term).and_then(|h| h.first());
+        if appliers.iter().any(|a| Some(a) == claimer) {
+            stats.attributed += 1;
+        } else {
+            out.push(violation(
+                "terms",
+                format!(
+                    "{} was applied in term {} by {appliers:?}, but that term was claimed by \
+                     {claimer:?}",
+                    op.id, response.term
+                ),
+            ));
+        }
+    }
+}
