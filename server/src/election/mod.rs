@@ -170,6 +170,9 @@ pub struct Node {
     last_heartbeat_sent: Option<u64>,
     /// How many times this server started an election.
     elections: u64,
+    /// When this server started, and whether discovery has reported peers since.
+    started_at: u64,
+    peers_known: bool,
     /// Consecutive times this server was fenced without following a coordinator in between.
     fenced_streak: u32,
     /// No election before this instant (backoff after being fenced).
@@ -188,6 +191,8 @@ impl Node {
             last_coordinator_seen: now,
             last_heartbeat_sent: None,
             elections: 0,
+            started_at: now,
+            peers_known: false,
             fenced_streak: 0,
             quiet_until: 0,
         }
@@ -276,6 +281,7 @@ impl Node {
 
     /// Replaces the discovered peer set (own address excluded by the caller or here).
     pub fn set_peers(&mut self, addrs: impl IntoIterator<Item = String>, now: u64) {
+        self.peers_known = true;
         for peer in self.peers.values_mut() {
             peer.discovered = false;
         }
@@ -303,7 +309,14 @@ impl Node {
             self.last_coordinator_seen = now;
         }
         match self.state.clone() {
-            State::Starting => self.start_election(now, &mut out),
+            // Electing before discovery has answered would make a lone winner out of a server
+            // that merely has not found its peers yet (DNS is asynchronous).
+            State::Starting
+                if self.peers_known
+                    || now.saturating_sub(self.started_at) >= self.config.heartbeat_timeout =>
+            {
+                self.start_election(now, &mut out)
+            }
             State::Candidate { deadline } if now >= deadline => self.on_election_won(now, &mut out),
             State::AwaitingCoordinator { deadline } => {
                 if self.best_claimant(now).is_some() {

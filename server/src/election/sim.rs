@@ -588,3 +588,29 @@ fn a_server_cut_from_peers_but_not_the_store_stops_flapping() {
         sim.converge(FAILOVER * 4, &format!("seed={seed} heal"));
     }
 }
+
+#[test]
+fn a_new_server_waits_for_discovery_before_electing() {
+    let me = NodeInfo {
+        rank: 1,
+        peer_addr: addr(0),
+        client_addr: "c".into(),
+    };
+    let config = Config::new(100, 800);
+    // No peers reported yet: no election (it would win alone), until the timeout.
+    let mut waiting = Node::new(me.clone(), config, 0);
+    waiting.tick(100);
+    assert_eq!(waiting.elections(), 0);
+    waiting.tick(800);
+    assert_eq!(waiting.elections(), 1);
+    // Peers reported: it elects at once, asking them first.
+    let mut found = Node::new(me, config, 0);
+    found.set_peers([addr(1)], 0);
+    let out = found.tick(10);
+    assert_eq!(found.elections(), 1);
+    assert!(out.contains(&Output::Send {
+        to: addr(1),
+        message: super::Message::Election
+    }));
+    assert_eq!(found.role(), Role::Candidate);
+}
