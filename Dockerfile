@@ -13,6 +13,10 @@
 #   debian:bookworm-slim  plain Debian bookworm (a debootstrap --variant=minbase image will do),
 #                         with apt sources reaching Debian's mirror for ca-certificates.
 # Other names: docker build --build-arg RUST_IMAGE=... --build-arg RUNTIME_IMAGE=... .
+# scripts/docker-images.sh makes both locally (debootstrap + `docker import`, then this host's
+# rustup toolchain copied in) and builds this file with the classic builder; the build stage
+# fetches crates from crates.io. scripts/docker-test.sh then runs the container tests on the
+# image (docs/containers.md).
 # (No `# syntax=` line on purpose: it would make BuildKit pull a frontend image.)
 ARG RUST_IMAGE=rust:1-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
@@ -25,7 +29,9 @@ ENV CARGO_TERM_COLOR=never \
 # 1. Dependencies only, cached until a manifest or the lockfile changes: the workspace's
 #    manifests with stub sources (an empty lib and `fn main() {}` for every declared binary).
 #    Every workspace member must be listed here. The stubs' artifacts are deleted afterwards:
-#    the real sources copied below may carry older mtimes than the stubs' build.
+#    the real sources copied below may carry older mtimes than the stubs' build. The test
+#    crate keeps its stubs: no binary of the image depends on it, so its sources stay out
+#    (editing a test does not rebuild the image).
 COPY Cargo.toml Cargo.lock ./
 COPY client/Cargo.toml client/Cargo.toml
 COPY server/Cargo.toml server/Cargo.toml
@@ -41,7 +47,7 @@ RUN set -eu; \
         done; \
     done; \
     cargo build --release --locked -p bully-server -p bully-client -p bully-controller; \
-    rm -rf client/src server/src controller/src tests/src \
+    rm -rf client/src server/src controller/src \
         target/release/.fingerprint/bully-* \
         target/release/deps/bully_* target/release/deps/libbully_* \
         target/release/bully-*
@@ -50,7 +56,6 @@ RUN set -eu; \
 COPY client client
 COPY server server
 COPY controller controller
-COPY tests tests
 RUN cargo build --release --locked -p bully-server -p bully-client -p bully-controller \
     && mkdir -p /out \
     && cp target/release/bully-server target/release/bully-client target/release/bully-controller /out/
