@@ -155,7 +155,11 @@ async fn a_real_server_rejects_bad_input_and_keeps_serving() {
     let cluster = Cluster::start_with(&[1], StoreSpec::Embedded, &["--max-value-bytes", "1000"]);
     cluster.await_coordinator(0, Duration::from_secs(15)).await;
     let url = format!("http://{}/v1/commands", cluster.servers[0].client_addr);
-    let http = reqwest::Client::new();
+    // No connection reuse: the server closes a connection whose oversize body it did not read.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let cases: [(&[u8], u16, &str); 5] = [
         (b"{oops", 400, "invalid_json"),
         (
