@@ -68,18 +68,26 @@ fn acked_under(report: &Report, term: u64) -> usize {
         .count()
 }
 
+/// Every server hears every other one. A server learns of the others through DNS, which it
+/// asks again every 2 s (`--peer-dns-interval`): one that started first may need a round.
 async fn assert_all_see_live_peers(cluster: &Cluster) {
     let n = cluster.servers.len();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
     for i in 0..n {
-        let status = cluster.status(i).await.expect("status");
-        let live = status.peers.iter().filter(|p| p.live).count();
-        assert_eq!(
-            live,
-            n - 1,
-            "{} sees {live} live peers: {:?}",
-            cluster.servers[i].name,
-            status.peers
-        );
+        loop {
+            let status = cluster.status(i).await.expect("status");
+            let live = status.peers.iter().filter(|p| p.live).count();
+            if live == n - 1 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} sees {live} live peers: {:?}",
+                cluster.servers[i].name,
+                status.peers
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 
