@@ -322,6 +322,15 @@ impl Sim {
         self.agreed().expect("agreed coordinator")
     }
 
+    /// Some server other than `coordinator`.
+    fn follower_of(&self, coordinator: &str) -> String {
+        self.nodes
+            .keys()
+            .find(|a| *a != coordinator)
+            .expect("a second server")
+            .clone()
+    }
+
     fn highest_running(&self) -> String {
         self.nodes
             .iter()
@@ -383,12 +392,7 @@ fn a_crashed_follower_changes_nothing() {
         sim.converge(FAILOVER, "start");
         let coordinator = sim.coordinator();
         let term = sim.store_term;
-        let follower = sim
-            .nodes
-            .keys()
-            .find(|a| **a != coordinator)
-            .unwrap()
-            .clone();
+        let follower = sim.follower_of(&coordinator);
         sim.crash(&follower);
         sim.run_for(3_000);
         assert_eq!(sim.coordinator(), coordinator);
@@ -547,12 +551,7 @@ fn a_follower_shutting_down_leaves_at_once() {
     let mut sim = Sim::new(7, 3);
     sim.converge(FAILOVER, "start");
     let coordinator = sim.coordinator();
-    let follower = sim
-        .nodes
-        .keys()
-        .find(|a| **a != coordinator)
-        .unwrap()
-        .clone();
+    let follower = sim.follower_of(&coordinator);
     let term = sim.store_term;
     sim.shutdown(&follower);
     assert!(sim.nodes[&follower].exited);
