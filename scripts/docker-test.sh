@@ -28,5 +28,5 @@ images=$((SECONDS - started))
 trap 'bash scripts/docker-clean.sh --session "$BULLY_TEST_SESSION"' EXIT
 step "container tests ($BULLY_IMAGE, $BULLY_STORE_IMAGE)"
 # The test binary builds on the host (a debug build shared with the other tests).
-cargo test -p bully-tests --locked --test containers -- --ignored --test-threads=1 "$@"
+cargo test -p bully-tests --locked --test containers -- --test-threads=1 "$@"
 echo "images ${images} s, total $((SECONDS - started)) s"

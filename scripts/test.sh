@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need (SecantusDB, the
 # MongoDB-compatible test server; helm and kubernetes-validate for the chart), checks format
-# and lints, builds every binary, then runs every test. Exits non-zero on any failure.
+# and lints, builds every binary, then runs every test, the container tests last (they build
+# their images first: about 10 minutes the first time, 2 when they exist). Exits non-zero on
+# any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,8 +23,27 @@ step "Kubernetes chart and manifests"
 bash scripts/k8s-validate.sh
 
 step "tests"
+# A failing test must not end the script before the summary: collect exit codes instead.
+set +e
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee target/test-output.log
 status=${PIPESTATUS[0]}
+
+step "container tests"
+# A cluster of server containers from the repository's Dockerfile (images built locally, no
+# registry) through docker kill/stop/pause/network disconnect and restarts. Needs a Docker
+# engine; where none answers, say so loudly rather than pass silently.
+if docker info >/dev/null 2>&1; then
+    bash scripts/docker-test.sh 2>&1 | tee -a target/test-output.log
+    docker_status=${PIPESTATUS[0]}
+    if [ "$docker_status" -ne 0 ]; then status=$docker_status; fi
+elif [ "${BULLY_REQUIRE_DOCKER:-0}" = 1 ]; then
+    echo "error: no Docker engine answers (docker info failed) and BULLY_REQUIRE_DOCKER=1" >&2
+    status=1
+else
+    echo "WARNING: no Docker engine answers (docker info failed): container tests NOT run" \
+        | tee -a target/test-output.log
+fi
+set -e
 
 step "summary"
 # One line per test binary from cargo, then the total.

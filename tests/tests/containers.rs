@@ -3,8 +3,8 @@
 //! one-shot client containers, through `docker kill`, `stop`, `pause`, `network disconnect`
 //! and restarts. See docs/containers.md for what each scenario proves.
 //!
-//! Ignored by a plain `cargo test`: they need the images. `scripts/docker-test.sh` builds them
-//! and runs these tests.
+//! Not run by a plain `cargo test` (`test = false` in Cargo.toml): they need the images.
+//! `scripts/docker-test.sh` builds them and runs these tests; `scripts/test.sh` (CI) calls it.
 //!
 //! Ranks are fixed (`BULLY_RANK`) so each test knows who must win. Bounds are generous; no
 //! assertion is about speed.
@@ -94,7 +94,6 @@ async fn assert_all_see_live_peers(cluster: &Cluster) {
 /// The image itself: the three binaries, a non-root numeric user, `bully-server serve` as the
 /// default command.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs Docker images: run scripts/docker-test.sh"]
 async fn image_has_the_three_binaries_and_runs_as_uid_10001() {
     let image = image();
     let config = docker_ok([
@@ -117,7 +116,6 @@ async fn image_has_the_three_binaries_and_runs_as_uid_10001() {
 /// `docker kill` (SIGKILL) of the coordinator during a workload: the next rank takes over
 /// under a newer term; clients pause, retry with the same ids and all succeed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs Docker images: run scripts/docker-test.sh"]
 async fn docker_kill_coordinator_elects_a_new_one() {
     let (cluster, first) = started(&THREE, 1).await;
     // Discovery through the network alias: every server found the other two.
@@ -143,7 +141,6 @@ async fn docker_kill_coordinator_elects_a_new_one() {
 /// `docker stop` (SIGTERM, what `kubectl delete pod` sends) of the coordinator: it drains its
 /// queue, hands over to the next rank and exits 0; not one client command fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs Docker images: run scripts/docker-test.sh"]
 async fn docker_stop_coordinator_hands_over_without_failures() {
     let (cluster, first) = started(&THREE, 1).await;
     let load = workload(&cluster).await;
@@ -172,7 +169,6 @@ async fn docker_stop_coordinator_hands_over_without_failures() {
 /// commit under its old term: the store fences it. `docker network connect` again: one
 /// coordinator, the highest rank, under a newer term.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs Docker images: run scripts/docker-test.sh"]
 async fn network_partition_fences_the_isolated_coordinator() {
     let (cluster, first) = started(&FIVE, 1).await;
     assert_all_see_live_peers(&cluster).await;
@@ -257,7 +253,6 @@ async fn network_partition_fences_the_isolated_coordinator() {
 /// fences it if it tries), steps down, and later, being the highest rank, takes over again
 /// gracefully under a newer term.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs Docker images: run scripts/docker-test.sh"]
 async fn docker_pause_coordinator_is_fenced_and_steps_down() {
     let (cluster, first) = started(&THREE, 1).await;
     let load = workload(&cluster).await;
@@ -324,7 +319,6 @@ async fn docker_pause_coordinator_is_fenced_and_steps_down() {
 /// coordinator restarted rejoins too and, as the highest rank, takes over gracefully (the
 /// interim coordinator drains and hands over) while clients keep going without a failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs Docker images: run scripts/docker-test.sh"]
 async fn killed_containers_restart_and_rejoin() {
     let (cluster, first) = started(&THREE, 1).await;
     cluster.kill(0).await;
@@ -373,7 +367,6 @@ async fn killed_containers_restart_and_rejoin() {
 /// (the store comes back under its network alias, on the same volume) and go on; nothing
 /// acknowledged is lost or applied twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs Docker images: run scripts/docker-test.sh"]
 async fn store_container_restart_loses_nothing() {
     let (cluster, _) = started(&THREE, 1).await;
     let load = workload(&cluster).await;
