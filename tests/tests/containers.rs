@@ -9,6 +9,7 @@
 //! Ranks are fixed (`BULLY_RANK`) so each test knows who must win. Bounds are generous; no
 //! assertion is about speed.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bully_client::Role;
@@ -57,6 +58,36 @@ fn assert_no_failures(report: &Report) {
         report.issued.len(),
         report.failed
     );
+}
+
+/// Lets the workload run on for [`SETTLE`] after a fault, stops it, and asserts that every
+/// client made progress and not one command failed.
+async fn settle_and_stop(load: Workload) -> Report {
+    tokio::time::sleep(SETTLE).await;
+    let report = load.stop().await;
+    assert_progress(&report);
+    assert_no_failures(&report);
+    report
+}
+
+/// A command sent to a deposed coordinator (`stale` is what its client saw, `records` what the
+/// store holds) may commit later through a newer coordinator, but never under the `old` term.
+fn assert_not_committed_under(
+    old: u64,
+    stale: &Outcome,
+    records: &BTreeMap<u64, (String, u64)>,
+    id: &str,
+) {
+    eprintln!("command {id} sent to the deposed coordinator: {stale:?}");
+    if let Outcome::Acked(response) = stale {
+        assert!(
+            response.term > old,
+            "acknowledged under the deposed coordinator's term {old}: {response:?}"
+        );
+    }
+    if let Some((seq, (_, term))) = records.iter().find(|(_, (applied, _))| applied == id) {
+        assert!(*term > old, "{id} committed at seq {seq} under term {term}");
+    }
 }
 
 fn acked_under(report: &Report, term: u64) -> usize {
@@ -126,11 +157,8 @@ async fn docker_kill_coordinator_elects_a_new_one() {
     let second = cluster
         .await_coordinator(2, &[0, 2], failover_bound())
         .await;
-    tokio::time::sleep(SETTLE).await;
-    let report = load.stop().await;
+    let report = settle_and_stop(load).await;
     assert!(second > first, "term {second} after {first}");
-    assert_progress(&report);
-    assert_no_failures(&report);
     assert!(
         acked_under(&report, second) > 0,
         "nothing acknowledged after the failover"
@@ -149,12 +177,9 @@ async fn docker_stop_coordinator_hands_over_without_failures() {
     let second = cluster
         .await_coordinator(2, &[0, 2], failover_bound())
         .await;
-    tokio::time::sleep(SETTLE).await;
-    let report = load.stop().await;
+    let report = settle_and_stop(load).await;
     assert_eq!(cluster.exit_code(1).await, Some(0), "a clean exit");
     assert!(second > first, "term {second} after {first}");
-    assert_progress(&report);
-    assert_no_failures(&report);
     let log = cluster.logs(1).await;
     assert!(
         log.contains("queue drained"),
@@ -212,34 +237,19 @@ async fn network_partition_fences_the_isolated_coordinator() {
         &["incr", "stale"],
     )
     .await;
-    eprintln!("command sent to the isolated coordinator: {stale:?}");
-    if let Outcome::Acked(response) = &stale {
-        assert!(
-            response.term > first,
-            "the isolated coordinator committed under its old term: {response:?}"
-        );
-    }
     tokio::time::sleep(SETTLE).await;
 
     cluster.reconnect(1).await;
     let all = [0, 1, 2, 3, 4];
     let last = cluster.await_coordinator(1, &all, failover_bound()).await;
     assert!(last > second, "term {last} after {second}");
-    tokio::time::sleep(SETTLE).await;
-    let report = load.stop().await;
-    assert_progress(&report);
-    assert_no_failures(&report);
+    let report = settle_and_stop(load).await;
     assert!(
         acked_under(&report, second) > 0,
         "the majority committed nothing"
     );
     let records = check(&cluster, &report, &[stale_id]).await;
-    if let Some((seq, (_, term))) = records.iter().find(|(_, (id, _))| id == stale_id) {
-        assert!(
-            *term > first,
-            "stale command committed at seq {seq}, term {term}"
-        );
-    }
+    assert_not_committed_under(first, &stale, &records, stale_id);
     let log = cluster.logs(1).await;
     assert!(
         log.contains("term superseded"),
@@ -286,28 +296,13 @@ async fn docker_pause_coordinator_is_fenced_and_steps_down() {
         .await_coordinator(1, &[0, 1, 2], failover_bound())
         .await;
     assert!(last > interim, "term {last} after {interim}");
-    tokio::time::sleep(SETTLE).await;
-    let report = load.stop().await;
+    let report = settle_and_stop(load).await;
     // Once thawed, the server either finds its term superseded when it applies the command
     // (fenced) or learns of the new coordinator first and points the client there: either
     // way the command may commit, but never under the old term.
     let stale = stale.await.expect("stale client");
-    eprintln!("command sent to the paused coordinator: {stale:?}");
-    if let Outcome::Acked(response) = stale {
-        assert!(
-            response.term > first,
-            "committed under the paused coordinator's term: {response:?}"
-        );
-    }
-    assert_progress(&report);
-    assert_no_failures(&report);
     let records = check(&cluster, &report, &[stale_id]).await;
-    if let Some((seq, (_, term))) = records.iter().find(|(_, (id, _))| id == stale_id) {
-        assert!(
-            *term > first,
-            "stale command committed at seq {seq}, term {term}"
-        );
-    }
+    assert_not_committed_under(first, &stale, &records, stale_id);
     let log = cluster.logs(1).await;
     assert!(
         log.contains("term superseded") || log.contains("from=coordinator"),
@@ -346,15 +341,12 @@ async fn killed_containers_restart_and_rejoin() {
     let last = cluster
         .await_coordinator(1, &[0, 1, 2], failover_bound())
         .await;
-    tokio::time::sleep(SETTLE).await;
-    let report = load.stop().await;
+    let report = settle_and_stop(load).await;
     assert!(
         first < interim && interim < last,
         "terms {first}, {interim}, {last}"
     );
     assert_all_see_live_peers(&cluster).await;
-    assert_progress(&report);
-    assert_no_failures(&report);
     check(&cluster, &report, &[]).await;
     let log = cluster.logs(2).await;
     assert!(
@@ -384,9 +376,9 @@ async fn store_container_restart_loses_nothing() {
         .execute(&probe)
         .await
         .expect("a command after the store restart");
-    tokio::time::sleep(SETTLE).await;
-    let report = load.stop().await;
-    assert_progress(&report);
+    // Commands may fail while the store is down longer than a client's deadline; none should
+    // on this machine, and the exactly-once check below holds either way.
+    let report = settle_and_stop(load).await;
     let later = report
         .acked
         .iter()
@@ -397,9 +389,6 @@ async fn store_container_restart_loses_nothing() {
         later > 0,
         "no client command acknowledged after the store came back"
     );
-    // Commands may fail while the store is down longer than a client's deadline; none should
-    // on this machine, and the check below holds either way.
-    assert_no_failures(&report);
     check(&cluster, &report, &[]).await;
     // Every server is back to normal: the highest rank is the agreed coordinator.
     cluster
