@@ -36,29 +36,19 @@ use async_trait::async_trait;
 use bully_client::{Command, Entry};
 use futures::TryStreamExt;
 use mongodb::bson::{Bson, DateTime, Document, doc};
-use mongodb::error::{Error as DriverError, ErrorKind, WriteFailure};
-use mongodb::error::{TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
+use mongodb::error::Error as DriverError;
 use mongodb::options::{ClientOptions, IndexOptions, ReadConcern, ReturnDocument, WriteConcern};
 use mongodb::{Client, ClientSession, Collection, IndexModel};
 use serde_json::Value;
 use tokio::time::Instant;
 
+mod errors;
+
+use self::errors::{Attempt, Fail, MAX_BACKOFF, MIN_BACKOFF, code, commit, describe, is_transient};
 use super::logic::{self, Effect, ListQuery};
 use super::{Applied, FenceState, Record, Result, Store, StoreError};
 
 const FENCE_ID: &str = "fence";
-
-/// Codes worth retrying: the node is not (or no longer) primary, is shutting down or the
-/// network failed (the driver's own retryable sets), a transaction lost a write conflict (112),
-/// no longer exists (251), or ran out of time (50, 64, 262). 11000 (duplicate key) would mean
-/// the id's record appeared after the check: running again finds it.
-const TRANSIENT_CODES: [i32; 18] = [
-    6, 7, 50, 64, 89, 91, 112, 189, 251, 262, 9001, 10107, 11000, 11600, 11601, 11602, 13435, 13436,
-];
-/// First retry delay; doubled up to [`MAX_BACKOFF`]. Write conflicts clear within milliseconds,
-/// a failover within seconds: start small, but do not hammer an electing replica set.
-const MIN_BACKOFF: Duration = Duration::from_millis(10);
-const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Options of [`MongoStore::connect`].
 #[derive(Clone, Debug)]
@@ -87,26 +77,6 @@ pub struct MongoStore {
     /// `killAllSessions` filter: this store's own user, or every session without auth.
     kill_filter: Vec<Document>,
 }
-
-/// Why one attempt failed: a final answer, or a driver error for the retry loop to classify.
-enum Fail {
-    Final(StoreError),
-    Driver(DriverError),
-}
-
-impl From<DriverError> for Fail {
-    fn from(e: DriverError) -> Self {
-        Fail::Driver(e)
-    }
-}
-
-impl From<StoreError> for Fail {
-    fn from(e: StoreError) -> Self {
-        Fail::Final(e)
-    }
-}
-
-type Attempt<T> = std::result::Result<T, Fail>;
 
 impl MongoStore {
     /// Connects to `uri`, uses `database`, and creates the collections and indexes if missing.
@@ -391,24 +361,6 @@ impl MongoStore {
     }
 }
 
-/// Commits, retrying while the result is unknown (the MongoDB-specified way to resolve it,
-/// bounded by the caller's deadline). Any other failure means the transaction was aborted:
-/// the caller runs it again, and a record it finds then is returned as a duplicate.
-async fn commit(session: &mut ClientSession) -> Attempt<()> {
-    let mut backoff = MIN_BACKOFF;
-    loop {
-        match session.commit_transaction().await {
-            Ok(()) => return Ok(()),
-            Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) => {
-                tracing::debug!(error = %describe(&e), "commit result unknown, committing again");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
 #[async_trait]
 impl Store for MongoStore {
     async fn claim_term(&self, holder: &str) -> Result<u64> {
@@ -488,47 +440,6 @@ fn prefix_end(prefix: &str) -> Option<String> {
         }
     }
     None
-}
-
-fn code(e: &DriverError) -> Option<i32> {
-    match e.kind.as_ref() {
-        ErrorKind::Command(c) => Some(c.code),
-        ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
-        ErrorKind::Write(WriteFailure::WriteConcernError(w)) => Some(w.code),
-        _ => None,
-    }
-    .or_else(|| cause(e).and_then(code))
-}
-
-/// The driver wraps some errors (e.g. a failed handshake) in another one.
-fn cause(e: &DriverError) -> Option<&DriverError> {
-    std::error::Error::source(e)?.downcast_ref()
-}
-
-fn is_transient(e: &DriverError) -> bool {
-    let network = matches!(
-        e.kind.as_ref(),
-        ErrorKind::Io(_)
-            | ErrorKind::ConnectionPoolCleared { .. }
-            | ErrorKind::ServerSelection { .. }
-    );
-    network
-        || [
-            TRANSIENT_TRANSACTION_ERROR,
-            UNKNOWN_TRANSACTION_COMMIT_RESULT,
-            "RetryableWriteError",
-        ]
-        .iter()
-        .any(|label| e.contains_label(label))
-        || code(e).is_some_and(|c| TRANSIENT_CODES.contains(&c))
-        || cause(e).is_some_and(is_transient)
-}
-
-/// The error and its labels, without the server's full response the driver's `Display` adds.
-fn describe(e: &DriverError) -> String {
-    let mut labels: Vec<&str> = e.labels().iter().map(String::as_str).collect();
-    labels.sort_unstable();
-    format!("{} {labels:?}", e.kind)
 }
 
 /// `uri` with any password replaced, for logs and error messages.
