@@ -1,11 +1,12 @@
 //! A small client that executes one command on whichever server is the coordinator.
 //!
-//! It tries the servers in order, jumps to the coordinator hint a follower returns, backs off
-//! between rounds, and gives up at an overall deadline. Every attempt sends the same command
+//! It tries the server that executed its previous command first, then the servers in order,
+//! jumps to the coordinator hint a follower returns, backs off between rounds, and gives up at an overall deadline. Every attempt sends the same command
 //! id, so a command whose first attempt was applied but not acknowledged (a crash, a timeout)
 //! is not applied again: the coordinator returns the stored result instead.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -57,6 +58,10 @@ pub struct Client {
     servers: Vec<String>,
     options: ClientOptions,
     http: reqwest::Client,
+    /// The server that executed the last command, tried first by the next one (shared by
+    /// clones), so a long-lived client does not pay a redirect per command. Forgotten when it
+    /// fails an attempt. A std mutex: held only to copy a string, never across an await.
+    last_coordinator: Arc<Mutex<Option<String>>>,
 }
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(25);
@@ -77,6 +82,7 @@ impl Client {
             servers,
             options,
             http,
+            last_coordinator: Arc::default(),
         })
     }
 
@@ -91,6 +97,10 @@ impl Client {
         let mut backoff = FIRST_BACKOFF;
         loop {
             let mut queue: VecDeque<String> = self.servers.iter().cloned().collect();
+            if let Some(last) = self.last_coordinator() {
+                queue.retain(|s| !same_server(s, &last));
+                queue.push_front(last);
+            }
             // Hints are followed, but only so often per round, so two servers with stale
             // views cannot bounce the client between them forever.
             let mut hints_left = self.servers.len() + 1;
@@ -102,9 +112,18 @@ impl Client {
                 }
                 let budget = (deadline - now).min(self.options.attempt_timeout);
                 match self.attempt(&server, request, budget).await {
-                    Attempt::Done(response) => return Ok(response),
+                    Attempt::Done(response) => {
+                        self.remember(Some(server));
+                        return Ok(response);
+                    }
                     Attempt::Rejected(body) => return Err(ClientError::Rejected { server, body }),
                     Attempt::Retry { error, hint, wait } => {
+                        if self
+                            .last_coordinator()
+                            .is_some_and(|l| same_server(&l, &server))
+                        {
+                            self.remember(None);
+                        }
                         errors.insert(server.clone(), error);
                         wait_hint = wait.or(wait_hint);
                         if let Some(hint) = hint
@@ -129,6 +148,20 @@ impl Client {
             tokio::time::sleep(pause).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    }
+
+    fn last_coordinator(&self) -> Option<String> {
+        self.last_coordinator
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn remember(&self, server: Option<String>) {
+        *self
+            .last_coordinator
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = server;
     }
 
     /// `GET /v1/status` of one server.

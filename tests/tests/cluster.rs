@@ -89,6 +89,39 @@ async fn three_servers_elect_the_highest_rank() {
     assert_eq!((response.outcome, response.term), (Outcome::Ok, term));
 }
 
+/// A long-lived client remembers the coordinator: the follower listed first redirects its
+/// first command only; every later one goes straight to the coordinator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_remembers_the_coordinator() {
+    let cluster = Cluster::start(&[100, 300, 200], StoreSpec::Embedded);
+    cluster.await_coordinator(1, failover_bound()).await;
+    let client = cluster.client();
+    assert_eq!(client.servers()[0], cluster.servers[0].client_addr);
+    for _ in 0..20 {
+        let incr = CommandRequest::new(Command::Incr {
+            key: "n".into(),
+            delta: 1,
+        });
+        client.execute(&incr).await.expect("incr");
+    }
+    let metrics = reqwest::get(format!("http://{}/metrics", cluster.servers[0].client_addr))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let redirected = metrics
+        .lines()
+        .find(|l| l.starts_with(r#"bully_commands_total{kind="incr",outcome="rejected"}"#))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(|n| n.parse::<u64>().expect("a count"));
+    assert_eq!(
+        redirected,
+        Some(1),
+        "redirects by the first follower:\n{metrics}"
+    );
+}
+
 /// SIGKILL the coordinator during a workload: the next highest takes over; commands in flight
 /// are retried with the same id and succeed; nothing acknowledged is lost or applied twice.
 async fn crash_test(cluster: Cluster, store: &dyn Store) {
