@@ -19,27 +19,48 @@ use tempfile::TempDir;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running SecantusDB server, killed on drop.
+///
+/// Tests use the panicking methods ([`start`](Self::start), [`restart`](Self::restart), ...);
+/// the chaos harness uses the `try_` forms, whose errors it reports without ending the run.
 pub struct Secantus {
     child: Option<Child>,
     port: u16,
     dir: TempDir,
+    /// `--sync-on-commit`: off only for the chaos negative control (`Plan::lossy_store`).
+    sync: bool,
 }
 
 impl Secantus {
-    /// Starts a server and waits until it answers `ping`.
+    /// Starts a durable server and waits until it answers `ping`.
     pub async fn start() -> Secantus {
+        Self::try_start(true)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts a server and waits until it answers `ping`. `sync: false` drops
+    /// `--sync-on-commit`: the server then acknowledges majority writes that a crash loses
+    /// (measured: 200 acknowledged inserts, SIGKILL, restart: 0 documents; with the flag: 200).
+    /// Real `mongod` journals `w: majority` writes before acknowledging them.
+    pub async fn try_start(sync: bool) -> Result<Secantus, String> {
         let dir = tempfile::Builder::new()
             .prefix("secantus-")
             .tempdir()
-            .expect("create a temporary directory for SecantusDB");
-        let port = free_port();
+            .map_err(|e| format!("create a temporary directory for SecantusDB: {e}"))?;
+        // Free a moment ago: another process could take it before the server binds it, which
+        // on a test machine is rare enough.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("find a free port: {e}"))?
+            .port();
         let mut server = Secantus {
             child: None,
             port,
             dir,
+            sync,
         };
-        server.spawn().await;
-        server
+        server.spawn().await?;
+        Ok(server)
     }
 
     /// The URI for the store and the driver.
@@ -67,28 +88,38 @@ impl Secantus {
 
     /// A driver client on [`uri`](Self::uri), for direct inspection and admin commands.
     pub async fn client(&self) -> mongodb::Client {
+        self.try_client().await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    async fn try_client(&self) -> Result<mongodb::Client, String> {
         let mut options = ClientOptions::parse(self.uri())
             .await
-            .expect("parse the SecantusDB URI");
+            .map_err(|e| format!("parse the SecantusDB URI: {e}"))?;
         options.server_selection_timeout = Some(Duration::from_secs(2));
-        mongodb::Client::with_options(options).expect("create a MongoDB client")
+        mongodb::Client::with_options(options).map_err(|e| format!("create a MongoDB client: {e}"))
     }
 
     /// Steps the node down for `secs` seconds (`replSetStepDown` with `force`, the only form a
     /// single-node set accepts). Writes fail with `NotWritablePrimary` until the window ends.
     pub async fn step_down(&self, secs: u64) {
+        self.try_step_down(secs)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    pub async fn try_step_down(&self, secs: u64) -> Result<(), String> {
         let command = doc! { "replSetStepDown": secs as i64, "force": true };
         match self
-            .client()
-            .await
+            .try_client()
+            .await?
             .database("admin")
             .run_command(command)
             .await
         {
-            Ok(_) => {}
+            Ok(_) => Ok(()),
             // MongoDB before 4.2 closes all connections on step-down: no reply may come.
-            Err(e) if matches!(*e.kind, mongodb::error::ErrorKind::Io(_)) => {}
-            Err(e) => panic!("replSetStepDown failed: {e}"),
+            Err(e) if matches!(*e.kind, mongodb::error::ErrorKind::Io(_)) => Ok(()),
+            Err(e) => Err(format!("replSetStepDown failed: {e}")),
         }
     }
 
@@ -106,10 +137,14 @@ impl Secantus {
             .expect("configureFailPoint");
     }
 
-    /// Kills the server and starts it again on the same port and storage directory.
+    /// Kills the server (SIGKILL) and starts it again on the same port and storage directory.
     pub async fn restart(&mut self) {
+        self.try_restart().await.unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    pub async fn try_restart(&mut self) -> Result<(), String> {
         self.kill();
-        self.spawn().await;
+        self.spawn().await
     }
 
     /// The server's log so far (stdout and stderr).
@@ -117,29 +152,42 @@ impl Secantus {
         std::fs::read_to_string(self.dir.path().join("secantusd.log")).unwrap_or_default()
     }
 
-    async fn spawn(&mut self) {
+    async fn spawn(&mut self) -> Result<(), String> {
         let binary = binary();
+        if !binary.exists() {
+            return Err(format!(
+                "{} is missing: run scripts/install-secantus.sh (or set BULLY_SECANTUSD)",
+                binary.display()
+            ));
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("secantusd.log"))
-            .expect("open the SecantusDB log");
-        let child = Command::new(&binary)
+            .map_err(|e| format!("open the SecantusDB log: {e}"))?;
+        let mut command = Command::new(&binary);
+        command
             .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
             // For `configureFailPoint` (see `fail_command`); off by default because anyone who
             // can reach the port could arm it, which does not matter on a private loopback port.
-            .arg("--enable-test-commands")
+            .arg("--enable-test-commands");
+        if self.sync {
             // Without it SecantusDB acknowledges majority writes it can lose in a crash.
-            .arg("--sync-on-commit")
+            command.arg("--sync-on-commit");
+        }
+        let child = command
             .arg("--storage-path")
             .arg(self.dir.path().join("data"))
             .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone the log file"))
+            .stdout(
+                log.try_clone()
+                    .map_err(|e| format!("clone the log file: {e}"))?,
+            )
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
         self.child = Some(child);
-        let client = self.client().await;
+        let client = self.try_client().await?;
         let started = tokio::time::Instant::now();
         loop {
             let ping = client
@@ -147,20 +195,23 @@ impl Secantus {
                 .run_command(doc! { "ping": 1 })
                 .await;
             if ping.is_ok() {
-                return;
+                return Ok(());
             }
             if let Some(status) = self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("secantusd-py exited with {status}:\n{}", self.log());
+                return Err(format!(
+                    "secantusd-py exited with {status}:\n{}",
+                    self.log()
+                ));
             }
             if started.elapsed() > START_TIMEOUT {
-                panic!(
+                return Err(format!(
                     "SecantusDB did not answer ping within {START_TIMEOUT:?}:\n{}",
                     self.log()
-                );
+                ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -180,24 +231,15 @@ impl Drop for Secantus {
     }
 }
 
-fn binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("BULLY_SECANTUSD") {
-        return PathBuf::from(path);
+/// The server binary: `BULLY_SECANTUSD`, or what `scripts/install-secantus.sh` installs.
+pub fn binary() -> PathBuf {
+    match std::env::var_os("BULLY_SECANTUSD") {
+        Some(path) => PathBuf::from(path),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv-mongo/bin/secantusd-py"),
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let path = root.join(".venv-mongo/bin/secantusd-py");
-    if !path.exists() {
-        panic!(
-            "{} is missing: run scripts/install-secantus.sh (or set BULLY_SECANTUSD)",
-            path.display()
-        );
-    }
-    path
 }
 
-/// A port that was free a moment ago. Another process could take it before the server binds
-/// it; on a test machine that is rare enough.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local address").port()
+/// Whether the server binary is installed.
+pub fn available() -> bool {
+    binary().exists()
 }

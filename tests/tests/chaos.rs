@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use bully_tests::chaos::plan::{Fault, Overrides, Plan, Planned, StoreChoice};
 use bully_tests::chaos::run::{self, RunOptions};
-use bully_tests::chaos::{BatchOptions, describe_run, linearizability, run_batch, store};
+use bully_tests::chaos::{BatchOptions, describe_run, linearizability, run_batch};
+use bully_tests::secantus;
 
 /// About 8 s per run on two cores (6 s of faults, start, settle, checks): ~3 minutes.
 const RUNS: usize = 20;
@@ -28,7 +29,7 @@ async fn a_short_chaos_batch_finds_no_violation() {
         first_seed: FIRST_SEED,
         overrides: Overrides {
             duration_ms: Some(Duration::from_secs(6).as_millis() as u64),
-            mongo_available: store::available(),
+            mongo_available: secantus::available(),
             ..Overrides::default()
         },
         run: RunOptions {
@@ -82,7 +83,7 @@ async fn a_short_chaos_batch_finds_no_violation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_store_that_loses_acknowledged_writes_is_caught() {
     let _serial = SERIAL.lock().await;
-    if !store::available() {
+    if !secantus::available() {
         eprintln!("SecantusDB is not installed (scripts/install-secantus.sh): skipped");
         return;
     }

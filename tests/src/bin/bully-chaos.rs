@@ -137,7 +137,7 @@ async fn batch(args: &Args, options: RunOptions) -> Summary {
     let first_seed = args
         .seed
         .unwrap_or_else(|| u64::from(rand::random::<u32>()));
-    let mongo_available = bully_tests::chaos::store::available();
+    let mongo_available = bully_tests::secantus::available();
     if matches!(args.store, Some(StoreArg::Mongo)) && !mongo_available {
         eprintln!("warning: SecantusDB is not installed (bash scripts/install-secantus.sh)");
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::cluster::{ChaosCluster, Life};
 use super::plan::{Direction, Fault, Planned, Target};
-use super::store::DurableSecantus;
+use crate::secantus::Secantus;
 
 /// Something to undo at a time (milliseconds since the workload started).
 #[derive(Debug)]
@@ -29,7 +29,7 @@ pub struct Event {
 
 pub struct Injector {
     pub cluster: ChaosCluster,
-    pub secantus: Option<DurableSecantus>,
+    pub secantus: Option<Secantus>,
     pub events: Vec<Event>,
     /// Faults carried out, by name.
     pub injected: BTreeMap<String, usize>,
@@ -40,11 +40,7 @@ pub struct Injector {
 }
 
 impl Injector {
-    pub fn new(
-        cluster: ChaosCluster,
-        secantus: Option<DurableSecantus>,
-        epoch: Instant,
-    ) -> Injector {
+    pub fn new(cluster: ChaosCluster, secantus: Option<Secantus>, epoch: Instant) -> Injector {
         Injector {
             cluster,
             secantus,
@@ -307,7 +303,7 @@ impl Injector {
                 let Some(secantus) = &self.secantus else {
                     return self.skip(fault, "no MongoDB store");
                 };
-                let outcome = match secantus.step_down(*secs).await {
+                let outcome = match secantus.try_step_down(*secs).await {
                     Ok(()) => "ok".to_string(),
                     Err(e) => format!("error: {e}"),
                 };
@@ -317,7 +313,7 @@ impl Injector {
                 let Some(secantus) = self.secantus.as_mut() else {
                     return self.skip(fault, "no MongoDB store");
                 };
-                let outcome = match secantus.restart().await {
+                let outcome = match secantus.try_restart().await {
                     Ok(()) => "restarted".to_string(),
                     Err(e) => format!("failed to restart: {e}"),
                 };

@@ -22,7 +22,6 @@ pub mod linearizability;
 pub mod plan;
 pub mod proxy;
 pub mod run;
-pub mod store;
 pub mod workload;
 
 use std::collections::BTreeMap;

@@ -32,8 +32,8 @@ use super::cluster::{ChaosCluster, StoreArgs};
 use super::faults::{Event, Injector};
 use super::history::{OpRecord, OpResult};
 use super::plan::{Plan, StoreChoice};
-use super::store::DurableSecantus;
 use super::workload::{self, counter_key, register_key};
+use crate::secantus::Secantus;
 
 /// How a run is carried out and reported.
 #[derive(Clone, Debug)]
@@ -87,7 +87,7 @@ pub async fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport, String>
     let (secantus, store_args) = match plan.store {
         StoreChoice::Embedded => (None, StoreArgs::Embedded(dir.path().join("bully.db"))),
         StoreChoice::Mongo => {
-            let secantus = DurableSecantus::start(!plan.lossy_store)
+            let secantus = Secantus::try_start(!plan.lossy_store)
                 .await
                 .map_err(|e| format!("SecantusDB (scripts/install-secantus.sh): {e}"))?;
             let args = StoreArgs::Mongo {
@@ -256,7 +256,7 @@ pub async fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport, String>
         logs_dir: None,
     };
     if !report.violations.is_empty() || options.keep {
-        let secantus_log = injector.secantus.as_ref().map(DurableSecantus::log);
+        let secantus_log = injector.secantus.as_ref().map(Secantus::log);
         save(&mut report, options, dir.path(), secantus_log)?;
     }
     Ok(report)
