@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Checks the Helm chart and the rendered manifests, offline:
-#   1. helm lint, with the default values and with every other supported shape of values;
+#   1. helm lint of every supported shape of values (charts/bully/ci/*-values.yaml);
 #   2. helm template of each shape, every document validated by
 #      `kubernetes-validate --strict -k 1.32.0` (unknown fields and wrong types fail);
 #      kubernetes-validate has no schema for the BullyCluster custom resource, so that document is
 #      validated against the openAPIV3Schema of the chart's own CRD instead (unknown fields fail);
 #   3. the CRD in the chart is the one `bully-controller crdgen` generates (when cargo is there;
 #      `cargo test -p bully-controller` checks it too);
-#   4. k8s/bully.yaml is not stale: a fresh render must be identical.
+#   4. charts/bully/README.md (the values table) is what scripts/chart-readme.py generates;
+#   5. k8s/bully.yaml is not stale: a fresh render must be identical.
 # Installs helm and kubernetes-validate into .tools/ on first use (scripts/k8s-tools.sh).
 set -euo pipefail
 
@@ -26,21 +27,17 @@ fail() {
     failed=1
 }
 
-# name|helm arguments. Each shape must lint, render and validate.
-shapes=(
-    "default|"
-    "no-auth|--set auth.enabled=false"
-    "external-mongodb|--set mongodb.enabled=false --set mongodb.uri=mongodb://db.example:27017/?replicaSet=rs0"
-    "existing-secrets|--set auth.existingSecret=my-token --set mongodb.enabled=false --set mongodb.existingSecret=my-mongodb"
-    "no-controller-no-netpol|--set controller.enabled=false --set networkPolicy.enabled=false"
-    "client-job-restricted|--set clientJob.enabled=true --set networkPolicy.clientFrom[0].namespaceSelector.matchLabels.team=apps"
-    "ephemeral-mongodb|--set mongodb.persistence.enabled=false --set server.replicas=5 --set mongodb.replicas=1"
-    "kube-1.20|--kube-version 1.20.2"
-)
-
-for shape in "${shapes[@]}"; do
-    name="${shape%%|*}"
-    read -r -a args <<<"${shape#*|}"
+# Each value shape in charts/bully/ci/NAME-values.yaml must lint, render and validate. A first
+# line `# helm-args: ...` adds helm arguments (e.g. --kube-version).
+shapes=("$chart"/ci/*-values.yaml)
+[ -e "${shapes[0]}" ] || { echo "k8s-validate: FAIL: no value shapes in $chart/ci" >&2; exit 1; }
+for values in "${shapes[@]}"; do
+    name="$(basename "$values" -values.yaml)"
+    args=(-f "$values")
+    if read -r first <"$values" && [[ "$first" == "# helm-args: "* ]]; then
+        read -r -a extra <<<"${first#"# helm-args: "}"
+        args+=("${extra[@]}")
+    fi
     if ! "$HELM" lint --quiet --strict "$chart" "${args[@]}" >"$tmp/lint-$name.log" 2>&1; then
         cat "$tmp/lint-$name.log" >&2
         fail "helm lint ($name)"
@@ -87,10 +84,13 @@ PY
         fi
     done
     # BullyCluster documents against the CRD's schema, with unknown fields rejected (the API
-    # server would silently prune them).
-    "$python" - "$chart/crds/bullycluster.yaml" "$tmp/docs-$name" <<'PY' || fail "BullyCluster schema ($name)"
+    # server would silently prune them). The chart renders one exactly when the controller is
+    # enabled; none rendered then is a failure, not a pass.
+    "$python" - "$chart/crds/bullycluster.yaml" "$tmp/docs-$name" "$values" <<'PY' || fail "BullyCluster schema ($name)"
 import glob, sys, yaml, jsonschema
 crd = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d][0]
+shape = yaml.safe_load(open(sys.argv[3])) or {}
+expected = 1 if (shape.get("controller") or {}).get("enabled", True) else 0
 schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 def strict(node):
     if isinstance(node, dict):
@@ -106,10 +106,12 @@ def strict(node):
             strict(v)
 strict(schema)
 ok = True
+found = 0
 for path in sorted(glob.glob(sys.argv[2] + "/*.yaml")):
     doc = yaml.safe_load(open(path))
     if doc.get("kind") != "BullyCluster":
         continue
+    found += 1
     if doc.get("apiVersion") != f'{crd["spec"]["group"]}/{crd["spec"]["versions"][0]["name"]}':
         print(f"{path}: apiVersion {doc.get('apiVersion')} is not served by the CRD")
         ok = False
@@ -120,6 +122,9 @@ for path in sorted(glob.glob(sys.argv[2] + "/*.yaml")):
     ok = ok and not errors
     if not errors:
         print(f"INFO {path.rsplit('/', 1)[-1]} passed against the CRD schema")
+if found != expected:
+    print(f"expected {expected} BullyCluster document(s), the chart rendered {found}")
+    ok = False
 sys.exit(0 if ok else 1)
 PY
     echo "k8s-validate: $name: lint, template and $(ls "$tmp/docs-$name" | wc -l) documents OK"
@@ -137,6 +142,9 @@ if command -v cargo >/dev/null 2>&1; then
 else
     echo "k8s-validate: cargo not found; the CRD freshness is checked by cargo test -p bully-controller" >&2
 fi
+
+# The chart's README is what its values.yaml documents.
+"$python" "$root/scripts/chart-readme.py" --check || fail "charts/bully/README.md is stale: run scripts/chart-readme.py"
 
 # k8s/ is what the chart renders.
 bash "$root/scripts/k8s-render.sh" "$tmp/bully.yaml" >/dev/null
