@@ -15,6 +15,8 @@ bash scripts/install-secantus.sh
 step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Broken intra-doc links (a renamed module, a removed item) fail here.
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
 step "building binaries"
 cargo build --workspace --bins --locked

@@ -1,12 +1,11 @@
 //! `bully-controller run` watches BullyClusters and labels their coordinator pods;
 //! `bully-controller crdgen` prints (or writes) the CRD.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
-use tracing_subscriber::EnvFilter;
+use bully_client::process::{LogFormat, init_logging, shutdown_signal};
+use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
 #[command(name = "bully-controller", version, about)]
@@ -22,12 +21,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -56,18 +49,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => {
-            init_tracing(cli.log_format);
-            bully_controller::run::run(args, bully_controller::run::shutdown_signal()).await
+            init_logging(cli.log_format, "info,kube_runtime=warn,kube_client=warn");
+            bully_controller::run::run(args, shutdown_signal()).await
         }
-    }
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,kube_runtime=warn,kube_client=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.with_ansi(std::io::stdout().is_terminal()).init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }

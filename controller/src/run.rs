@@ -67,12 +67,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let token = match &args.token_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading --token-file {}", path.display()))?
-                .trim()
-                .to_string(),
-        ),
+        Some(path) => Some(bully_client::token::read_token_file(path).context("--token-file")?),
         None => None,
     };
     let fetcher = HttpStatusFetcher::new(args.status_timeout, token)
@@ -175,22 +170,4 @@ pub async fn run(
         .context("admin server")?;
     tracing::info!("controller stopped");
     Ok(())
-}
-
-/// Resolves on SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }

@@ -11,27 +11,23 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bully_client::ErrorCode;
+use bully_client::token::TokenError;
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
-use crate::http::AppState;
 
 /// A secret bearer token.
 #[derive(Clone)]
 pub struct Token(Arc<str>);
 
 impl Token {
-    /// Reads a token file; surrounding whitespace (a trailing newline) is ignored.
-    pub fn from_file(path: &std::path::Path) -> Result<Token, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read --token-file {}: {e}", path.display()))?;
-        Token::new(text.trim())
+    /// Reads a token file (checked as every component checks one: [`bully_client::token`]).
+    pub fn from_file(path: &std::path::Path) -> Result<Token, TokenError> {
+        bully_client::token::read_token_file(path).map(|t| Token(Arc::from(t)))
     }
 
-    pub fn new(token: &str) -> Result<Token, String> {
-        if token.len() < 16 {
-            return Err("the token must be at least 16 characters".into());
-        }
+    pub fn new(token: &str) -> Result<Token, TokenError> {
+        bully_client::token::check_token(token, "")?;
         Ok(Token(Arc::from(token)))
     }
 
@@ -52,8 +48,8 @@ impl std::fmt::Debug for Token {
 }
 
 /// Middleware: rejects requests without the right bearer token, with no detail on why.
-pub async fn require(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(token) = &state.token else {
+pub async fn require(State(token): State<Option<Token>>, request: Request, next: Next) -> Response {
+    let Some(token) = &token else {
         return next.run(request).await;
     };
     let presented = request

@@ -4,7 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bully_client::process::LogFormat;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::timings::{TimingArgs, Timings};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -31,12 +34,6 @@ pub enum StoreKind {
     Embedded,
     /// A MongoDB replica set.
     Mongodb,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 /// Logging flags shared by every subcommand.
@@ -68,6 +65,16 @@ pub struct ServeArgs {
     /// How often DNS discovery is repeated, to find restarted or new servers.
     #[arg(long, env = "BULLY_PEER_DNS_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     pub peer_dns_interval: Duration,
+    /// How many servers the cluster has, this one included (in Kubernetes: the StatefulSet's
+    /// replicas). A new server waits up to --startup-grace to hear from the others before
+    /// electing, so servers started together claim one term between them. Default: the number
+    /// of --peers (this server included); unknown with --peer-dns.
+    #[arg(long, env = "BULLY_EXPECTED_SERVERS")]
+    pub expected_servers: Option<usize>,
+    /// Longest a new server waits for the servers it expects before electing (a lone first
+    /// server becomes coordinator after it).
+    #[arg(long, env = "BULLY_STARTUP_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub startup_grace: Duration,
     /// Election rank; random (u64) unless given. For tests and demos only.
     #[arg(long, env = "BULLY_RANK")]
     pub rank: Option<u64>,
@@ -128,19 +135,35 @@ pub struct ServeArgs {
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(pub String);
 
+/// A configuration that passed [`ServeArgs::validate`], with every timing derived.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub args: ServeArgs,
+    pub timings: Timings,
+}
+
 impl ServeArgs {
-    /// Checks the combination of flags; the message says which flag to change.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks the combination of flags once, and derives the timings; the message says which
+    /// flag to change.
+    pub fn validate(self) -> Result<ServerConfig, ConfigError> {
+        let timings = Timings::derive(TimingArgs {
+            heartbeat_interval: self.heartbeat_interval,
+            heartbeat_timeout: self.heartbeat_timeout,
+            store_timeout: self.store_timeout,
+            startup_grace: self.startup_grace,
+        })
+        .map_err(ConfigError)?;
+        self.check()?;
+        Ok(ServerConfig {
+            args: self,
+            timings,
+        })
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
         let fail = |m: String| Err(ConfigError(m));
-        if self.heartbeat_interval.is_zero() {
-            return fail("--heartbeat-interval must be greater than zero".into());
-        }
-        if self.heartbeat_timeout < self.heartbeat_interval * 3 {
-            return fail(format!(
-                "--heartbeat-timeout ({:?}) must be at least 3 x --heartbeat-interval ({:?}), \
-                 or one lost heartbeat would start an election",
-                self.heartbeat_timeout, self.heartbeat_interval
-            ));
+        if self.expected_servers == Some(0) {
+            return fail("--expected-servers must be at least 1".into());
         }
         if !self.peers.is_empty() && self.peer_dns.is_some() {
             return fail("give either --peers or --peer-dns, not both".into());
@@ -190,6 +213,22 @@ impl ServeArgs {
         Ok(())
     }
 
+    /// The cluster size a new server waits for: `--expected-servers`, else the static peer
+    /// list with this server in it, else unknown (0).
+    pub fn expected_servers(&self, own_peer_addr: &str) -> usize {
+        if let Some(n) = self.expected_servers {
+            return n;
+        }
+        let mut peers: Vec<&str> = self.peers.iter().map(String::as_str).collect();
+        if peers.is_empty() {
+            return 0;
+        }
+        peers.push(own_peer_addr);
+        peers.sort_unstable();
+        peers.dedup();
+        peers.len()
+    }
+
     pub fn limits(&self) -> bully_client::Limits {
         bully_client::Limits {
             max_key_bytes: self.max_key_bytes,
@@ -226,6 +265,19 @@ mod tests {
     }
 
     #[test]
+    fn the_expected_cluster_size_counts_this_server_once() {
+        let listed = parse(&["--peers", "a:1,b:1,c:1"]);
+        assert_eq!(listed.expected_servers("a:1"), 3);
+        assert_eq!(listed.expected_servers("d:1"), 4);
+        assert_eq!(
+            parse(&["--peer-dns", "bully:7071"]).expected_servers("a:1"),
+            0
+        );
+        let given = parse(&["--peer-dns", "bully:7071", "--expected-servers", "5"]);
+        assert_eq!(given.expected_servers("a:1"), 5);
+    }
+
+    #[test]
     fn bad_combinations_name_the_flag() {
         let cases: &[(&[&str], &str)] = &[
             (
@@ -242,6 +294,8 @@ mod tests {
             (&["--peers", "a:x"], "--peers"),
             (&["--store", "mongodb"], "--mongodb-uri"),
             (&["--queue-capacity", "0"], "--queue-capacity"),
+            (&["--expected-servers", "0"], "--expected-servers"),
+            (&["--heartbeat-interval", "0s"], "--heartbeat-interval"),
             (&["--retention", "1s"], "--retention"),
             (
                 &["--listen", "127.0.0.1:9", "--peer-listen", "127.0.0.1:9"],

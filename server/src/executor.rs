@@ -2,7 +2,7 @@
 //!
 //! HTTP handlers queue [`Job`]s through a bounded channel and wait on a oneshot for the answer;
 //! the executor takes them in arrival order and applies each under the term it was given by
-//! the node driver ([`Control::Activate`]). Applying one command at a time in one task is what
+//! the election driver ([`Control::Activate`]). Applying one command at a time in one task is what
 //! makes the order global and serial; the store's term check makes it safe across coordinators.
 //!
 //! A [`ExecMsg::Drain`] marker travels through the same queue: when the executor reaches it,
@@ -12,46 +12,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bully_client::{CommandRequest, CommandResponse, ErrorCode, Outcome};
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::Instant;
+use bully_client::{CommandResponse, Outcome};
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::error::ApiError;
+use crate::messages::{Control, Event, ExecError, ExecMsg, Job};
 use crate::metrics::Metrics;
-use crate::node::{Event, View};
 use crate::store::{Store, StoreError};
-
-/// One queued command and where to send its answer.
-pub struct Job {
-    pub request: CommandRequest,
-    pub reply: oneshot::Sender<Result<CommandResponse, ApiError>>,
-    pub received: Instant,
-}
-
-/// What flows through the executor's queue.
-pub enum ExecMsg {
-    // Boxed: the queue holds up to `--queue-capacity` of these.
-    Job(Box<Job>),
-    /// Answered once everything queued before it has been answered.
-    Drain(oneshot::Sender<()>),
-}
-
-/// Orders from the node driver; they overtake queued jobs.
-#[derive(Debug)]
-pub enum Control {
-    /// Apply commands under this term.
-    Activate(u64),
-    /// Stop applying: answer queued jobs with `not_coordinator`.
-    Deactivate,
-}
 
 pub struct Executor {
     pub store: Arc<dyn Store>,
     pub jobs: mpsc::Receiver<ExecMsg>,
     pub control: mpsc::UnboundedReceiver<Control>,
     pub events: mpsc::Sender<Event>,
-    pub view: watch::Receiver<View>,
     pub metrics: Arc<Metrics>,
     pub last_seq: Arc<AtomicU64>,
     pub retention: Duration,
@@ -106,7 +79,7 @@ impl Executor {
     async fn execute(&self, term: &mut Option<u64>, job: Job) {
         let kind = job.request.command.kind();
         let result = match *term {
-            None => Err(self.not_coordinator()),
+            None => Err(ExecError::NotServing),
             Some(t) => {
                 let applied = self
                     .store
@@ -123,36 +96,21 @@ impl Executor {
                             duplicate: applied.duplicate,
                         })
                     }
-                    Err(StoreError::Fenced { mine, current }) => {
-                        warn!(term = mine, current, "term superseded: stepping down");
-                        *term = None;
-                        self.metrics.fenced.inc();
-                        let _ = self.events.send(Event::Fenced).await;
-                        Err(ApiError::new(
-                            ErrorCode::Fenced,
-                            format!("this server's term {mine} was superseded by term {current}; not applied"),
-                        )
-                        .retry_after(Duration::from_millis(100)))
-                    }
-                    Err(StoreError::IdConflict { id }) => Err(ApiError::new(
-                        ErrorCode::IdConflict,
-                        format!("command id {id} was already used for a different command"),
-                    )),
-                    Err(StoreError::Unavailable(reason)) => {
-                        warn!(%reason, "store unavailable");
-                        Err(ApiError::new(
-                            ErrorCode::StoreUnavailable,
-                            "the store did not answer in time; the command may or may not have \
-                             been applied, and retrying it with the same id is safe",
-                        )
-                        .retry_after(Duration::from_millis(500)))
-                    }
-                    Err(StoreError::Corrupt(reason)) => {
-                        warn!(%reason, "corrupt data in the store");
-                        Err(ApiError::new(
-                            ErrorCode::Internal,
-                            "stored data could not be read",
-                        ))
+                    Err(e) => {
+                        match &e {
+                            StoreError::Fenced { mine, current } => {
+                                warn!(term = mine, current, "term superseded: stepping down");
+                                *term = None;
+                                self.metrics.fenced.inc();
+                                let _ = self.events.send(Event::Fenced).await;
+                            }
+                            StoreError::Unavailable(reason) => warn!(%reason, "store unavailable"),
+                            StoreError::Corrupt(reason) => {
+                                warn!(%reason, "corrupt data in the store")
+                            }
+                            StoreError::IdConflict { .. } => {}
+                        }
+                        Err(ExecError::Store(e))
                     }
                 }
             }
@@ -161,8 +119,10 @@ impl Executor {
             Ok(r) if r.duplicate => "duplicate",
             Ok(r) if r.outcome.is_success() => "ok",
             Ok(_) => "failed",
-            Err(e) if e.status.is_client_error() => "rejected",
-            Err(_) => "error",
+            Err(ExecError::NotServing | ExecError::Store(StoreError::IdConflict { .. })) => {
+                "rejected"
+            }
+            Err(ExecError::Store(_)) => "error",
         };
         self.metrics.command(kind, outcome);
         if result.is_ok() {
@@ -178,11 +138,6 @@ impl Executor {
         }
         // The client may have given up; the result is stored anyway for its retry.
         let _ = job.reply.send(result);
-    }
-
-    fn not_coordinator(&self) -> ApiError {
-        let view = self.view.borrow();
-        crate::http::not_serving(&view)
     }
 
     async fn expire(&self) {

@@ -2,13 +2,18 @@
 //! fenced store.
 //!
 //! # Layout
-//! - [`election`]: the Bully state machine (pure: messages and ticks in, messages out).
-//! - [`node`]: the tokio driver that does the election's I/O and publishes a [`node::View`].
-//! - [`peers`]: discovery (static list, DNS) and the peer transport.
-//! - [`executor`]: the single task that owns command execution and applies commands in order.
-//! - [`store`]: the `Store` trait with its embedded (SQLite) and MongoDB backends.
-//! - [`http`]: the client and peer APIs, health, status and metrics.
-//! - [`config`], [`auth`], [`metrics`], [`error`]: the rest; [`local`]: the one-command cluster.
+//! Dependencies run one way, from the bottom of this list to the top (a test,
+//! `tests/module_deps.rs`, keeps it so):
+//! - [`election`]: the Bully state machine (pure: messages and ticks in, outputs out), every
+//!   election rule included; [`store`]: the `Store` trait with its embedded (SQLite) and
+//!   MongoDB backends; [`timings`]: every timing, derived from the few users set.
+//! - [`messages`]: what the tasks send each other ([`messages::Event`], [`messages::View`],
+//!   jobs and executor control).
+//! - [`executor`]: the single task that applies commands in order; [`driver`]: the task that
+//!   does the election's I/O; [`peers`]: discovery (static list, DNS) and the peer transport.
+//! - [`http`]: the client and peer APIs, health, status and metrics (store errors become HTTP
+//!   errors here); [`auth`], [`error`], [`metrics`], [`config`]: leaves they use.
+//! - this module: [`run`] wires one server together; [`local`]: the one-command cluster.
 //!
 //! Data path of one command: client → [`http`] (decode, validate) → executor queue →
 //! [`store`] (fenced write) → reply.
@@ -26,19 +31,21 @@ use tracing::{info, warn};
 
 pub mod auth;
 pub mod config;
+pub mod driver;
 pub mod election;
 pub mod error;
 pub mod executor;
 pub mod http;
 pub mod local;
+pub mod messages;
 pub mod metrics;
-pub mod node;
 pub mod peers;
 pub mod store;
-pub mod telemetry;
+pub mod timings;
 
-use config::{ServeArgs, StoreKind};
+use config::{ServeArgs, ServerConfig, StoreKind};
 use election::NodeInfo;
+use messages::{Event, View};
 use peers::discovery::Discovery;
 use store::Store;
 
@@ -96,14 +103,14 @@ fn join_host_port(host: &str, port: u16) -> String {
 /// Runs one server on the given listeners until `shutdown` completes, then hands over (if
 /// coordinator) and returns.
 pub async fn run(
-    args: ServeArgs,
+    config: ServerConfig,
     client_listener: TcpListener,
     peer_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    args.validate()?;
+    let ServerConfig { args, timings } = config;
     let token = match &args.token_file {
-        Some(path) => Some(auth::Token::from_file(path).map_err(anyhow::Error::msg)?),
+        Some(path) => Some(auth::Token::from_file(path).context("--token-file")?),
         None => None,
     };
     let store = open_store(&args).await?;
@@ -115,11 +122,13 @@ pub async fn run(
         peer_addr: join_host_port(&host, peer_listener.local_addr()?.port()),
         client_addr: join_host_port(&host, client_addr.port()),
     };
+    let expected_servers = args.expected_servers(&me.peer_addr);
     info!(
         rank,
         peer_addr = %me.peer_addr,
         client_addr = %me.client_addr,
         store = store.backend(),
+        expected_servers,
         "server starting"
     );
 
@@ -128,12 +137,7 @@ pub async fn run(
     let (events_tx, events_rx) = mpsc::channel(1024);
     let (jobs_tx, jobs_rx) = mpsc::channel(args.queue_capacity);
     let (control_tx, control_rx) = mpsc::unbounded_channel();
-    let (view_tx, view_rx) = watch::channel(node::View::starting());
-    let heartbeat = args.heartbeat_interval;
-    let config = election::Config::new(
-        heartbeat.as_millis() as u64,
-        args.heartbeat_timeout.as_millis() as u64,
-    );
+    let (view_tx, view_rx) = watch::channel(View::starting());
 
     tokio::spawn(
         executor::Executor {
@@ -141,7 +145,6 @@ pub async fn run(
             jobs: jobs_rx,
             control: control_rx,
             events: events_tx.clone(),
-            view: view_rx.clone(),
             metrics: metrics.clone(),
             last_seq: last_seq.clone(),
             retention: args.retention,
@@ -158,14 +161,12 @@ pub async fn run(
     tokio::spawn(discovery.run(events_tx.clone()));
     let transport = peers::transport::Transport::new(
         token.as_ref().map(|t| t.secret()),
-        // A message older than the failure timeout is useless; don't let it hold the queue.
-        (heartbeat * 2)
-            .max(Duration::from_millis(200))
-            .min(args.heartbeat_timeout),
+        timings.peer_message_ttl,
     );
+    let election = election::Config::new(&timings, expected_servers);
     let mut driver = tokio::spawn(
-        node::Driver {
-            node: election::Node::new(me.clone(), config, 0),
+        driver::ElectionDriver {
+            node: election::Node::new(me.clone(), election, 0),
             events_rx,
             events: events_tx.clone(),
             jobs: jobs_tx.clone(),
@@ -174,7 +175,7 @@ pub async fn run(
             transport,
             store,
             metrics: metrics.clone(),
-            tick: (heartbeat / 4).max(Duration::from_millis(5)),
+            tick: timings.tick,
         }
         .run(),
     );
@@ -189,8 +190,8 @@ pub async fn run(
         metrics,
         last_seq,
         token,
-        hold: (args.heartbeat_timeout * 2).min(Duration::from_secs(3)),
-        answer_timeout: args.store_timeout + Duration::from_secs(5),
+        hold: timings.hold,
+        answer_timeout: timings.command_timeout,
         request_timeout: args.request_timeout,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -213,7 +214,7 @@ pub async fn run(
 
     tokio::select! {
         _ = shutdown => {
-            let _ = events_tx.send(node::Event::Shutdown).await;
+            let _ = events_tx.send(Event::Shutdown).await;
             match tokio::time::timeout(args.shutdown_timeout, &mut driver).await {
                 Ok(_) => info!("stopped cleanly"),
                 Err(_) => warn!(timeout = ?args.shutdown_timeout, "handover did not finish in time; exiting anyway"),
@@ -226,28 +227,4 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     }
     Ok(())
-}
-
-/// Completes on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }

@@ -114,7 +114,7 @@ pub async fn run(args: LocalArgs) -> ExitCode {
     let mut exited = vec![false; servers.len()];
     loop {
         tokio::select! {
-            _ = crate::shutdown_signal() => break,
+            _ = bully_client::process::shutdown_signal() => break,
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
                 for (i, server) in servers.iter_mut().enumerate() {
                     if !exited[i]

@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use bully_client::process::{init_logging, shutdown_signal};
 use bully_server::config::{Cli, Command};
 use clap::Parser;
 
@@ -17,31 +18,32 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => {
-            bully_server::telemetry::init(args.log.log_format);
-            if let Err(e) = args.validate() {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
+            init_logging(args.log.log_format, "info");
+            let config = match (*args).validate() {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let args = &config.args;
+            let (listen, peer_listen) = (args.listen, args.peer_listen);
             runtime.block_on(async move {
-                let client = match tokio::net::TcpListener::bind(args.listen).await {
+                let client = match tokio::net::TcpListener::bind(listen).await {
                     Ok(l) => l,
                     Err(e) => {
-                        eprintln!("error: cannot listen on {} (--listen): {e}", args.listen);
+                        eprintln!("error: cannot listen on {listen} (--listen): {e}");
                         return ExitCode::from(2);
                     }
                 };
-                let peer = match tokio::net::TcpListener::bind(args.peer_listen).await {
+                let peer = match tokio::net::TcpListener::bind(peer_listen).await {
                     Ok(l) => l,
                     Err(e) => {
-                        eprintln!(
-                            "error: cannot listen on {} (--peer-listen): {e}",
-                            args.peer_listen
-                        );
+                        eprintln!("error: cannot listen on {peer_listen} (--peer-listen): {e}");
                         return ExitCode::from(2);
                     }
                 };
-                match bully_server::run(*args, client, peer, bully_server::shutdown_signal()).await
-                {
+                match bully_server::run(config, client, peer, shutdown_signal()).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         tracing::error!(error = format!("{e:#}"), "server failed");

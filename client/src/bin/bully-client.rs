@@ -142,11 +142,17 @@ async fn run(cli: Cli) -> ExitCode {
             .collect(),
     };
     let token = match &cli.token_file {
-        Some(path) => match std::fs::read_to_string(path) {
-            Ok(token) => Some(token.trim().to_string()),
-            Err(e) => return usage(format!("cannot read token file {}: {e}", path.display())),
+        Some(path) => match bully_client::token::read_token_file(path) {
+            Ok(token) => Some(token),
+            Err(e) => return usage(e.to_string()),
         },
-        None => std::env::var("BULLY_TOKEN").ok().filter(|t| !t.is_empty()),
+        None => match std::env::var("BULLY_TOKEN").ok().filter(|t| !t.is_empty()) {
+            Some(token) => match bully_client::token::check_token(&token, " in BULLY_TOKEN") {
+                Ok(()) => Some(token),
+                Err(e) => return usage(e.to_string()),
+            },
+            None => None,
+        },
     };
     let options = ClientOptions {
         timeout: cli.timeout,

@@ -1,9 +1,10 @@
 //! The Bully election as a pure state machine.
 //!
-//! No sockets, clocks or randomness live here: the driver ([`crate::node`]) feeds the machine
-//! messages ([`Node::step`]), the passage of time ([`Node::tick`], with `now` in milliseconds of
-//! any monotonic clock), discovery results and store events, and carries out the [`Output`]s it
-//! returns. Tests drive the same machine on a simulated network (`sim.rs`).
+//! No sockets, clocks or randomness live here: the election driver ([`crate::driver`]) feeds
+//! the machine messages ([`Node::step`]), the passage of time ([`Node::tick`], with `now` in
+//! milliseconds of any monotonic clock), discovery results and store events, and carries out
+//! the [`Output`]s it returns. Every rule is here, including when to claim a term and when the
+//! executor may run, so the simulation (`sim.rs`) tests the same rules the servers run.
 //!
 //! # Rules
 //! - Every server broadcasts a heartbeat (its role, term and the coordinator it follows) every
@@ -11,27 +12,43 @@
 //! - The coordinator a server follows is derived, not stored: the best live peer that claims the
 //!   role, best meaning the highest claimed term, then the highest rank. A stale coordinator (one
 //!   that was paused or partitioned) claims an older term, so followers prefer the new one.
-//! - A server that starts, or that has no live coordinator for `heartbeat_timeout`, sends
-//!   ELECTION to every peer that may outrank it. An outranking peer ANSWERs and runs its own
-//!   election. Without an answer within `answer_timeout` the server declares itself coordinator
-//!   and announces it; with one, it waits `coordinator_wait` for an announcement, then starts
-//!   over.
+//! - A new server elects once it has heard from every server it expects (`expected_servers`),
+//!   once it hears a coordinator with a term, or after `startup_grace`, whichever comes first:
+//!   servers started together then agree before anyone claims a term, and a lone first server
+//!   still gets elected.
+//! - A server that has no live coordinator for `heartbeat_timeout` sends ELECTION to every peer
+//!   that may outrank it. An outranking peer ANSWERs and runs its own election. Without an
+//!   answer within `answer_timeout` the server declares itself coordinator and announces it;
+//!   with one, it waits `coordinator_wait` for an announcement, then starts over.
+//! - A coordinator without a term claims one in the store ([`Output::ClaimTerm`]); only with a
+//!   claimed term does it serve ([`Output::Serve`]), and it stops ([`Output::StopServing`]) as
+//!   soon as it is no longer the coordinator.
 //! - A server that would win while a lower-ranked coordinator is alive (it joined late, or came
 //!   back) does not just seize the role: it sends TAKEOVER; the coordinator stops accepting
-//!   commands, drains its queue and sends HANDOFF, and only then does the new one take over. So a
-//!   higher-ranked joiner costs no failed command. After `handoff_timeout` it takes over anyway
-//!   (the store's terms keep that safe).
+//!   commands, drains its queue ([`Output::Drain`]) and sends HANDOFF, and only then does the
+//!   new one take over. So a higher-ranked joiner costs no failed command. After
+//!   `handoff_timeout` it takes over anyway (the store's terms keep that safe).
 //! - On shutdown the coordinator hands off the same way to the best live peer, then leaves.
 //! - A coordinator that sees a better claim (a higher term, or an equal one from a higher rank),
 //!   or learns from the store that its term was superseded, steps down at once.
-
-use std::collections::BTreeMap;
+//!
+//! # Layout
+//! - this module: identities, messages, timing and outputs;
+//! - [`node`]: the state machine;
+//! - `sim.rs`, `sim_tests.rs` (tests only): a simulated network with faults, and the scenarios.
 
 use bully_client::Role;
 use serde::{Deserialize, Serialize};
 
+pub mod node;
 #[cfg(test)]
 mod sim;
+#[cfg(test)]
+mod sim_tests;
+
+pub use node::{Node, PeerView};
+
+use crate::timings::Timings;
 
 /// Who a server is: its rank and where to reach it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,7 +102,7 @@ pub struct Envelope {
     pub message: Message,
 }
 
-/// Timing, in milliseconds.
+/// The election's timing, in milliseconds, and what a server expects of its cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
     pub heartbeat_interval: u64,
@@ -93,20 +110,26 @@ pub struct Config {
     pub answer_timeout: u64,
     pub coordinator_wait: u64,
     pub handoff_timeout: u64,
+    pub claim_retry: u64,
+    pub startup_grace: u64,
+    /// How many servers the cluster has (this one included), if known: a new server waits up
+    /// to `startup_grace` to hear from the others before electing. 0: unknown.
+    pub expected_servers: usize,
 }
 
 impl Config {
-    /// Derives the election's inner timeouts from the two user-facing settings.
-    pub fn new(heartbeat_interval: u64, heartbeat_timeout: u64) -> Config {
+    /// The election's part of the server's [`Timings`].
+    pub fn new(timings: &Timings, expected_servers: usize) -> Config {
+        let ms = |d: std::time::Duration| d.as_millis() as u64;
         Config {
-            heartbeat_interval,
-            heartbeat_timeout,
-            // Three heartbeat intervals: enough for a round trip on a loaded machine, well below
-            // the failure-detection timeout.
-            answer_timeout: (heartbeat_interval * 3).min(heartbeat_timeout),
-            coordinator_wait: heartbeat_timeout,
-            // A drain is bounded by the executor's queue; give it a few failure timeouts.
-            handoff_timeout: heartbeat_timeout * 4,
+            heartbeat_interval: ms(timings.heartbeat_interval),
+            heartbeat_timeout: ms(timings.heartbeat_timeout),
+            answer_timeout: ms(timings.answer_timeout),
+            coordinator_wait: ms(timings.coordinator_wait),
+            handoff_timeout: ms(timings.handoff_timeout),
+            claim_retry: ms(timings.claim_retry),
+            startup_grace: ms(timings.startup_grace),
+            expected_servers,
         }
     }
 }
@@ -116,566 +139,16 @@ impl Config {
 pub enum Output {
     /// Send `message` to the peer at `to`.
     Send { to: String, message: Message },
-    /// Stop accepting commands, let the executor finish the queued ones, then call
+    /// Claim the next term in the store for this server, then report [`Node::claimed`] or
+    /// [`Node::claim_failed`].
+    ClaimTerm,
+    /// Execute commands under this term (the store fences it).
+    Serve(u64),
+    /// Stop accepting commands, let the executor finish the queued ones and stop, then call
     /// [`Node::drained`].
     Drain,
+    /// Stop executing at once: queued commands are answered as not executed.
+    StopServing,
     /// Shutdown is complete; the process may exit.
     Exit,
-}
-
-#[derive(Clone, Debug, Default)]
-struct Peer {
-    info: Option<NodeInfo>,
-    last_heard: Option<u64>,
-    role: Option<Role>,
-    term: Option<u64>,
-    /// Found by discovery (as opposed to only heard from).
-    discovered: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum State {
-    /// Just started: the first tick starts an election.
-    Starting,
-    Follower,
-    Candidate {
-        deadline: u64,
-    },
-    AwaitingCoordinator {
-        deadline: u64,
-    },
-    TakingOver {
-        from: String,
-        deadline: u64,
-    },
-    Coordinator,
-    HandingOff {
-        to: Option<String>,
-        exit: bool,
-    },
-    Leaving,
-}
-
-/// One server's election state.
-#[derive(Clone, Debug)]
-pub struct Node {
-    me: NodeInfo,
-    config: Config,
-    peers: BTreeMap<String, Peer>,
-    state: State,
-    /// The term this server holds, once claimed in the store (coordinators only).
-    term: Option<u64>,
-    /// Last time this server had a live coordinator (itself included).
-    last_coordinator_seen: u64,
-    last_heartbeat_sent: Option<u64>,
-    /// How many times this server started an election.
-    elections: u64,
-    /// When this server started, and whether discovery has reported peers since.
-    started_at: u64,
-    peers_known: bool,
-    /// Consecutive times this server was fenced without following a coordinator in between.
-    fenced_streak: u32,
-    /// No election before this instant (backoff after being fenced).
-    quiet_until: u64,
-}
-
-impl Node {
-    /// A server that has just started. It starts an election on its first tick.
-    pub fn new(me: NodeInfo, config: Config, now: u64) -> Node {
-        Node {
-            me,
-            config,
-            peers: BTreeMap::new(),
-            state: State::Starting,
-            term: None,
-            last_coordinator_seen: now,
-            last_heartbeat_sent: None,
-            elections: 0,
-            started_at: now,
-            peers_known: false,
-            fenced_streak: 0,
-            quiet_until: 0,
-        }
-    }
-
-    pub fn me(&self) -> &NodeInfo {
-        &self.me
-    }
-
-    pub fn role(&self) -> Role {
-        match self.state {
-            State::Follower => Role::Follower,
-            State::Starting | State::Candidate { .. } => Role::Candidate,
-            State::AwaitingCoordinator { .. } => Role::AwaitingCoordinator,
-            State::TakingOver { .. } => Role::TakingOver,
-            State::Coordinator => Role::Coordinator,
-            State::HandingOff { .. } => Role::HandingOff,
-            State::Leaving => Role::Leaving,
-        }
-    }
-
-    /// The claimed term while coordinator.
-    pub fn term(&self) -> Option<u64> {
-        self.term
-    }
-
-    /// True while this server should execute client commands: coordinator with a claimed term.
-    pub fn is_serving(&self) -> bool {
-        self.state == State::Coordinator && self.term.is_some()
-    }
-
-    pub fn elections(&self) -> u64 {
-        self.elections
-    }
-
-    /// The coordinator this server knows (itself included) and its term if known.
-    pub fn coordinator(&self, now: u64) -> Option<(NodeInfo, Option<u64>)> {
-        match self.state {
-            State::Coordinator | State::HandingOff { .. } => Some((self.me.clone(), self.term)),
-            State::Leaving => None,
-            _ => self
-                .best_claimant(now)
-                .map(|(_, p)| (p.info.clone().unwrap_or_else(|| self.me.clone()), p.term)),
-        }
-    }
-
-    /// Ready: a live coordinator is known and holds a term.
-    pub fn is_ready(&self, now: u64) -> bool {
-        matches!(self.coordinator(now), Some((_, Some(_))))
-    }
-
-    /// Peers as this server sees them: (address, info, role, last heard, live).
-    pub fn peers(&self, now: u64) -> impl Iterator<Item = PeerView<'_>> {
-        self.peers.iter().map(move |(addr, p)| PeerView {
-            addr,
-            info: p.info.as_ref(),
-            role: p.role,
-            last_heard_ago: p.last_heard.map(|t| now.saturating_sub(t)),
-            live: self.is_live(p, now),
-        })
-    }
-
-    fn is_live(&self, peer: &Peer, now: u64) -> bool {
-        peer.last_heard
-            .is_some_and(|t| now.saturating_sub(t) <= self.config.heartbeat_timeout)
-    }
-
-    /// The best live peer claiming the coordinator role: highest term, then rank.
-    fn best_claimant(&self, now: u64) -> Option<(&String, &Peer)> {
-        self.peers
-            .iter()
-            .filter(|(_, p)| {
-                self.is_live(p, now)
-                    && matches!(p.role, Some(Role::Coordinator | Role::HandingOff))
-                    && p.info.is_some()
-            })
-            .max_by_key(|(_, p)| {
-                let info = p.info.as_ref();
-                (
-                    p.term.unwrap_or(0),
-                    info.map(|i| i.rank),
-                    info.map(|i| i.peer_addr.clone()),
-                )
-            })
-    }
-
-    /// Replaces the discovered peer set (own address excluded by the caller or here).
-    pub fn set_peers(&mut self, addrs: impl IntoIterator<Item = String>, now: u64) {
-        self.peers_known = true;
-        for peer in self.peers.values_mut() {
-            peer.discovered = false;
-        }
-        for addr in addrs {
-            if addr != self.me.peer_addr {
-                self.peers.entry(addr).or_default().discovered = true;
-            }
-        }
-        // Forget peers that discovery no longer lists and that went quiet long ago.
-        let forget_after = self.config.heartbeat_timeout * 10;
-        self.peers.retain(|_, p| {
-            p.discovered
-                || p.last_heard
-                    .is_some_and(|t| now.saturating_sub(t) <= forget_after)
-        });
-    }
-
-    /// Advances time: heartbeats, timeouts.
-    pub fn tick(&mut self, now: u64) -> Vec<Output> {
-        let mut out = Vec::new();
-        if self.state == State::Leaving {
-            return out;
-        }
-        if self.coordinator(now).is_some() {
-            self.last_coordinator_seen = now;
-        }
-        match self.state.clone() {
-            // Electing before discovery has answered would make a lone winner out of a server
-            // that merely has not found its peers yet (DNS is asynchronous).
-            State::Starting
-                if self.peers_known
-                    || now.saturating_sub(self.started_at) >= self.config.heartbeat_timeout =>
-            {
-                self.start_election(now, &mut out)
-            }
-            State::Candidate { deadline } if now >= deadline => self.on_election_won(now, &mut out),
-            State::AwaitingCoordinator { deadline } => {
-                if self.best_claimant(now).is_some() {
-                    self.state = State::Follower;
-                } else if now >= deadline {
-                    self.start_election(now, &mut out);
-                }
-            }
-            State::TakingOver { from, deadline } => {
-                let alive = self.peers.get(&from).is_some_and(|p| self.is_live(p, now));
-                if now >= deadline || !alive {
-                    // The old coordinator neither handed over nor stayed alive: take over anyway.
-                    self.become_coordinator(now, &mut out);
-                } else if self.heartbeat_due(now) {
-                    // Messages get lost: repeat the request until the handoff comes.
-                    out.push(Output::Send {
-                        to: from,
-                        message: Message::Takeover,
-                    });
-                }
-            }
-            State::Follower => self.follow(now, &mut out),
-            _ => {}
-        }
-        if self.heartbeat_due(now) {
-            self.last_heartbeat_sent = Some(now);
-            let heartbeat = Message::Heartbeat {
-                role: self.role(),
-                term: self.term,
-            };
-            self.broadcast(heartbeat, now, &mut out);
-        }
-        out
-    }
-
-    fn heartbeat_due(&self, now: u64) -> bool {
-        self.last_heartbeat_sent
-            .is_none_or(|t| now.saturating_sub(t) >= self.config.heartbeat_interval)
-    }
-
-    /// Follower duties: notice a dead coordinator, or one this server outranks.
-    fn follow(&mut self, now: u64, out: &mut Vec<Output>) {
-        if self.best_claimant(now).is_some() {
-            self.fenced_streak = 0;
-        }
-        match self.best_claimant(now) {
-            None => {
-                if now.saturating_sub(self.last_coordinator_seen) > self.config.heartbeat_timeout
-                    && now >= self.quiet_until
-                {
-                    self.start_election(now, out);
-                }
-            }
-            Some((addr, peer)) => {
-                if peer
-                    .info
-                    .as_ref()
-                    .is_some_and(|info| self.me.outranks(info))
-                    && peer.role == Some(Role::Coordinator)
-                {
-                    let from = addr.clone();
-                    self.request_takeover(from, now, out);
-                }
-            }
-        }
-    }
-
-    /// Asks the live, lower-ranked coordinator at `from` to drain and hand over.
-    fn request_takeover(&mut self, from: String, now: u64, out: &mut Vec<Output>) {
-        self.state = State::TakingOver {
-            from: from.clone(),
-            deadline: now + self.config.handoff_timeout,
-        };
-        out.push(Output::Send {
-            to: from,
-            message: Message::Takeover,
-        });
-    }
-
-    fn start_election(&mut self, now: u64, out: &mut Vec<Output>) {
-        self.elections += 1;
-        self.state = State::Candidate {
-            deadline: now + self.config.answer_timeout,
-        };
-        let targets: Vec<String> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.info.as_ref().is_none_or(|info| info.outranks(&self.me)))
-            .filter(|(_, p)| p.role != Some(Role::Leaving))
-            .map(|(addr, _)| addr.clone())
-            .collect();
-        if targets.is_empty() {
-            // Nobody can outrank us: no need to wait for answers.
-            self.on_election_won(now, out);
-            return;
-        }
-        for to in targets {
-            out.push(Output::Send {
-                to,
-                message: Message::Election,
-            });
-        }
-    }
-
-    /// No outranking server answered.
-    fn on_election_won(&mut self, now: u64, out: &mut Vec<Output>) {
-        if let Some((addr, peer)) = self.best_claimant(now) {
-            if peer
-                .info
-                .as_ref()
-                .is_some_and(|info| info.outranks(&self.me))
-            {
-                // An answer got lost, but the announcement did not: follow it.
-                self.state = State::Follower;
-                return;
-            }
-            // A live lower-ranked coordinator gets to drain and hand over first.
-            let from = addr.clone();
-            self.request_takeover(from, now, out);
-            return;
-        }
-        self.become_coordinator(now, out);
-    }
-
-    fn become_coordinator(&mut self, now: u64, out: &mut Vec<Output>) {
-        self.state = State::Coordinator;
-        self.term = None;
-        // Announce at once (term unknown yet); heartbeats repeat it with the term once claimed.
-        self.broadcast(Message::Coordinator { term: None }, now, out);
-    }
-
-    fn step_down(&mut self, now: u64) {
-        self.state = State::Follower;
-        self.term = None;
-        self.last_coordinator_seen = now;
-    }
-
-    /// Handles a message from a peer.
-    pub fn step(&mut self, envelope: Envelope, now: u64) -> Vec<Output> {
-        let mut out = Vec::new();
-        let Envelope { from, message } = envelope;
-        if from.peer_addr == self.me.peer_addr || self.state == State::Leaving {
-            return out;
-        }
-        let addr = from.peer_addr.clone();
-        let peer = self.peers.entry(addr.clone()).or_default();
-        peer.info = Some(from.clone());
-        peer.last_heard = Some(now);
-        match &message {
-            Message::Heartbeat { role, term } => {
-                peer.role = Some(*role);
-                peer.term = *term;
-            }
-            Message::Coordinator { term } => {
-                peer.role = Some(Role::Coordinator);
-                peer.term = *term;
-            }
-            Message::Handoff => {
-                // It has drained and stopped claiming the role.
-                peer.role = Some(Role::Follower);
-                peer.term = None;
-            }
-            Message::Leaving => {
-                peer.role = Some(Role::Leaving);
-                peer.term = None;
-                peer.last_heard = None;
-            }
-            _ => {}
-        }
-        match message {
-            Message::Election if self.me.outranks(&from) => {
-                out.push(Output::Send {
-                    to: addr.clone(),
-                    message: Message::Answer,
-                });
-                match self.state {
-                    State::Coordinator | State::HandingOff { .. } => out.push(Output::Send {
-                        to: addr,
-                        message: Message::Coordinator { term: self.term },
-                    }),
-                    State::Follower if self.best_claimant(now).is_none() => {
-                        self.start_election(now, &mut out)
-                    }
-                    _ => {}
-                }
-            }
-            Message::Answer if from.outranks(&self.me) => {
-                if let State::Candidate { .. } = self.state {
-                    self.state = State::AwaitingCoordinator {
-                        deadline: now + self.config.coordinator_wait,
-                    };
-                }
-            }
-            Message::Takeover if from.outranks(&self.me) && self.state == State::Coordinator => {
-                self.state = State::HandingOff {
-                    to: Some(addr),
-                    exit: false,
-                };
-                out.push(Output::Drain);
-            }
-            Message::Handoff => match self.state {
-                State::Coordinator | State::HandingOff { .. } => {}
-                _ => self.become_coordinator(now, &mut out),
-            },
-            _ => {}
-        }
-        self.check_claims(now);
-        out
-    }
-
-    /// A coordinator steps down when a live peer makes a better claim; a server waiting for an
-    /// announcement follows an outranking one as soon as it arrives.
-    fn check_claims(&mut self, now: u64) {
-        let Some((_, best)) = self.best_claimant(now) else {
-            return;
-        };
-        let Some(info) = best.info.clone() else {
-            return;
-        };
-        let theirs = (best.term.unwrap_or(0), info.rank, info.peer_addr.clone());
-        match self.state {
-            // A coordinator with a term is stale if someone claims a newer one. One without a
-            // term yet will claim a newer term than anyone's, so only rank can unseat it.
-            State::Coordinator => {
-                let stale = match self.term {
-                    Some(term) => theirs > (term, self.me.rank, self.me.peer_addr.clone()),
-                    None => info.outranks(&self.me),
-                };
-                if stale {
-                    self.step_down(now);
-                }
-            }
-            State::Starting | State::AwaitingCoordinator { .. } | State::Candidate { .. }
-                if info.outranks(&self.me) =>
-            {
-                self.state = State::Follower;
-            }
-            _ => {}
-        }
-    }
-
-    /// The store granted `term` to this server.
-    pub fn claimed(&mut self, term: u64, now: u64) -> Vec<Output> {
-        let mut out = Vec::new();
-        if self.state == State::Coordinator && self.term.is_none() {
-            self.term = Some(term);
-            self.broadcast(Message::Coordinator { term: Some(term) }, now, &mut out);
-        }
-        out
-    }
-
-    /// The store says a newer term exists: step down at once.
-    ///
-    /// A server cut off from its peers but not from the store would otherwise win its own
-    /// election again after every timeout and take the term back and forth with the other
-    /// side; each fencing in a row without a coordinator heard in between doubles its wait
-    /// before the next election (up to 32 timeouts), so such flapping dies down.
-    pub fn fenced(&mut self, now: u64) {
-        if matches!(
-            self.state,
-            State::Coordinator | State::HandingOff { exit: false, .. }
-        ) {
-            self.step_down(now);
-            self.fenced_streak = (self.fenced_streak + 1).min(5);
-            self.quiet_until = now + (self.config.heartbeat_timeout << self.fenced_streak);
-        }
-    }
-
-    /// The executor finished every command queued before [`Output::Drain`].
-    pub fn drained(&mut self, now: u64) -> Vec<Output> {
-        let mut out = Vec::new();
-        let State::HandingOff { to, exit } = self.state.clone() else {
-            return out;
-        };
-        // The target may have died meanwhile: pick the best live peer again.
-        let target = to
-            .filter(|addr| self.peers.get(addr).is_some_and(|p| self.is_live(p, now)))
-            .or_else(|| self.best_successor(now));
-        if let Some(to) = target.clone() {
-            out.push(Output::Send {
-                to,
-                message: Message::Handoff,
-            });
-        }
-        if exit {
-            self.leave(now, &mut out);
-        } else {
-            self.step_down(now);
-            // Count the target as the coordinator from now on, so this server does not start
-            // an election before the target's announcement arrives.
-            if let Some(peer) = target.and_then(|t| self.peers.get_mut(&t)) {
-                peer.role = Some(Role::Coordinator);
-                peer.term = None;
-                peer.last_heard = Some(now);
-            }
-        }
-        out
-    }
-
-    /// The highest-ranked live peer.
-    fn best_successor(&self, now: u64) -> Option<String> {
-        self.peers
-            .iter()
-            .filter(|(_, p)| self.is_live(p, now) && p.role != Some(Role::Leaving))
-            .filter_map(|(addr, p)| p.info.as_ref().map(|i| (i.rank, addr)))
-            .max()
-            .map(|(_, addr)| addr.clone())
-    }
-
-    /// Begins a graceful shutdown: a coordinator drains and hands over first.
-    pub fn shutdown(&mut self, now: u64) -> Vec<Output> {
-        let mut out = Vec::new();
-        match self.state {
-            State::Coordinator => {
-                self.state = State::HandingOff {
-                    to: self.best_successor(now),
-                    exit: true,
-                };
-                out.push(Output::Drain);
-            }
-            State::HandingOff { ref mut exit, .. } => *exit = true,
-            State::Leaving => {}
-            _ => self.leave(now, &mut out),
-        }
-        out
-    }
-
-    fn leave(&mut self, now: u64, out: &mut Vec<Output>) {
-        self.broadcast(Message::Leaving, now, out);
-        self.state = State::Leaving;
-        self.term = None;
-        out.push(Output::Exit);
-    }
-
-    /// Peers worth talking to: discovered ones, and any heard from recently.
-    fn targets(&self, now: u64) -> Vec<String> {
-        self.peers
-            .iter()
-            .filter(|(_, p)| p.discovered || self.is_live(p, now))
-            .map(|(addr, _)| addr.clone())
-            .collect()
-    }
-
-    fn broadcast(&self, message: Message, now: u64, out: &mut Vec<Output>) {
-        for to in self.targets(now) {
-            out.push(Output::Send {
-                to,
-                message: message.clone(),
-            });
-        }
-    }
-}
-
-/// A read-only view of one peer.
-#[derive(Debug)]
-pub struct PeerView<'a> {
-    pub addr: &'a str,
-    pub info: Option<&'a NodeInfo>,
-    pub role: Option<Role>,
-    pub last_heard_ago: Option<u64>,
-    pub live: bool,
 }

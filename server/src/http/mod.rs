@@ -27,9 +27,9 @@ use tracing::warn;
 use crate::auth::Token;
 use crate::election::{Envelope, NodeInfo};
 use crate::error::ApiError;
-use crate::executor::{ExecMsg, Job};
+use crate::messages::{Event, ExecError, ExecMsg, Job, View};
 use crate::metrics::Metrics;
-use crate::node::{Event, View};
+use crate::store::StoreError;
 
 pub mod limits;
 #[cfg(test)]
@@ -75,12 +75,37 @@ pub fn not_serving(view: &View) -> ApiError {
     }
 }
 
+/// The answer for a command the executor did not execute, or that the store refused.
+pub fn exec_error(error: ExecError, view: &View) -> ApiError {
+    match error {
+        ExecError::NotServing => not_serving(view),
+        ExecError::Store(StoreError::Fenced { mine, current }) => ApiError::new(
+            ErrorCode::Fenced,
+            format!("this server's term {mine} was superseded by term {current}; not applied"),
+        )
+        .retry_after(Duration::from_millis(100)),
+        ExecError::Store(StoreError::IdConflict { id }) => ApiError::new(
+            ErrorCode::IdConflict,
+            format!("command id {id} was already used for a different command"),
+        ),
+        ExecError::Store(StoreError::Unavailable(_)) => ApiError::new(
+            ErrorCode::StoreUnavailable,
+            "the store did not answer in time; the command may or may not have been applied, \
+             and retrying it with the same id is safe",
+        )
+        .retry_after(Duration::from_millis(500)),
+        ExecError::Store(StoreError::Corrupt(_)) => {
+            ApiError::new(ErrorCode::Internal, "stored data could not be read")
+        }
+    }
+}
+
 pub fn client_router(state: AppState) -> Router {
     let protected = Router::new()
         .route("/v1/commands", post(post_command))
         .route("/v1/status", get(status))
         .route_layer(middleware::from_fn_with_state(
-            state.clone(),
+            state.token.clone(),
             crate::auth::require,
         ));
     Router::new()
@@ -111,7 +136,7 @@ pub fn peer_router(state: AppState) -> Router {
     Router::new()
         .route("/peer/v1/message", post(peer_message))
         .route_layer(middleware::from_fn_with_state(
-            state.clone(),
+            state.token.clone(),
             crate::auth::require,
         ))
         .fallback(not_found)
@@ -210,7 +235,9 @@ async fn post_command(
         }
     }
     match tokio::time::timeout(state.answer_timeout, answer).await {
-        Ok(Ok(result)) => result.map(axum::Json),
+        Ok(Ok(result)) => result
+            .map(axum::Json)
+            .map_err(|e| exec_error(e, &state.view.borrow())),
         Ok(Err(_)) => Err(ApiError::new(
             ErrorCode::ShuttingDown,
             "the server is shutting down",

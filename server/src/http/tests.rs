@@ -15,9 +15,9 @@ use tower::ServiceExt;
 use super::{AppState, client_router, peer_router};
 use crate::auth::Token;
 use crate::election::NodeInfo;
-use crate::executor::{Control, Executor};
+use crate::executor::Executor;
+use crate::messages::{Control, View};
 use crate::metrics::Metrics;
-use crate::node::View;
 use crate::store::Store as _;
 use crate::store::embedded::EmbeddedStore;
 
@@ -57,7 +57,6 @@ async fn harness(queue: usize, run_executor: bool) -> Harness {
         jobs: jobs_rx,
         control: control_rx,
         events: events_tx.clone(),
-        view: view_rx.clone(),
         metrics: metrics.clone(),
         last_seq: last_seq.clone(),
         retention: Duration::from_secs(3600),

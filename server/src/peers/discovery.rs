@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::node::Event;
+use crate::messages::Event;
 
 /// Where the peer list comes from.
 #[derive(Clone, Debug)]

@@ -10,8 +10,8 @@
 //! # Layout
 //! - [`linearizability`]: the checker (generic search, key-value model).
 //! - [`plan`]: the seeded plan; [`faults`]: carrying it out; [`proxy`]: cuttable peer links.
-//! - [`cluster`]: the server processes; [`store`]: a durable SecantusDB; [`workload`]: the
-//!   clients; [`history`]: what they saw.
+//! - [`cluster`]: the server processes; [`workload`]: the clients; [`history`]: what they saw.
+//!   The MongoDB-compatible store is [`crate::secantus`].
 //! - [`checks`]: the invariants; [`run`]: one run end to end; this module: batches.
 
 pub mod checks;

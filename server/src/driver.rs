@@ -1,62 +1,26 @@
-//! The node driver: the tokio task that owns the election state machine and does its I/O.
+//! The election driver: the tokio task that owns the election state machine and does its I/O,
+//! and nothing else.
 //!
-//! It feeds the machine peer messages, discovery results, store events and clock ticks; it
-//! sends the machine's messages, claims a term in the store when the machine becomes
-//! coordinator, tells the executor when to start, drain and stop, and publishes a [`View`] that
-//! HTTP handlers read.
+//! It feeds the machine peer messages, discovery results, store events and clock ticks, and
+//! carries out what the machine returns: sends messages, claims terms in the store, starts,
+//! drains and stops the executor, exits. It publishes a [`View`] for the HTTP handlers after
+//! every input. Every decision is the machine's ([`crate::election`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bully_client::{CoordinatorInfo, PeerStatus, Role};
+use bully_client::{CoordinatorInfo, PeerStatus};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::election::{Envelope, Node, NodeInfo, Output};
-use crate::executor::{Control, ExecMsg};
+use crate::election::{Envelope, Node, Output};
+use crate::messages::{Control, Event, ExecMsg, View};
 use crate::metrics::{Metrics, RoleLabels};
 use crate::peers::transport::Transport;
 use crate::store::Store;
 
-/// Inputs of the driver.
-#[derive(Debug)]
-pub enum Event {
-    Peer(Envelope),
-    Peers(Vec<String>),
-    Claimed(u64),
-    ClaimFailed,
-    Fenced,
-    Drained,
-    Shutdown,
-}
-
-/// What the rest of the server needs to know of the election, published after every event.
-#[derive(Clone, Debug, PartialEq)]
-pub struct View {
-    pub role: Role,
-    pub term: Option<u64>,
-    /// Coordinator with a claimed term: new commands may be queued.
-    pub accepting: bool,
-    pub coordinator: Option<CoordinatorInfo>,
-    pub ready: bool,
-    pub peers: Vec<PeerStatus>,
-}
-
-impl View {
-    pub fn starting() -> View {
-        View {
-            role: Role::Candidate,
-            term: None,
-            accepting: false,
-            coordinator: None,
-            ready: false,
-            peers: Vec::new(),
-        }
-    }
-}
-
-pub struct Driver {
+pub struct ElectionDriver {
     pub node: Node,
     pub events_rx: mpsc::Receiver<Event>,
     pub events: mpsc::Sender<Event>,
@@ -69,16 +33,14 @@ pub struct Driver {
     pub tick: Duration,
 }
 
-impl Driver {
+impl ElectionDriver {
     /// Runs until the node has shut down (after [`Event::Shutdown`]).
     pub async fn run(mut self) {
         let epoch = Instant::now();
         let now = move || epoch.elapsed().as_millis() as u64;
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut claiming = false;
         let mut prev_role = self.node.role();
-        let mut prev_serving = false;
         let mut prev_elections = 0;
         self.publish(now());
         loop {
@@ -86,50 +48,14 @@ impl Driver {
                 _ = ticker.tick() => self.node.tick(now()),
                 event = self.events_rx.recv() => {
                     let Some(event) = event else { return };
-                    let t = now();
-                    match event {
-                        Event::Peer(envelope) => self.node.step(envelope, t),
-                        Event::Peers(peers) => {
-                            self.node.set_peers(peers, t);
-                            Vec::new()
-                        }
-                        Event::Claimed(term) => {
-                            claiming = false;
-                            info!(term, "claimed term");
-                            self.node.claimed(term, t)
-                        }
-                        Event::ClaimFailed => {
-                            claiming = false;
-                            Vec::new()
-                        }
-                        Event::Fenced => {
-                            self.node.fenced(t);
-                            Vec::new()
-                        }
-                        Event::Drained => self.node.drained(t),
-                        Event::Shutdown => {
-                            info!(role = %self.node.role(), "shutting down");
-                            self.node.shutdown(t)
-                        }
-                    }
+                    self.input(event, now())
                 }
             };
             let mut exit = false;
             for output in outputs {
-                match output {
-                    Output::Send { to, message } => {
-                        let envelope = Envelope {
-                            from: self.node.me().clone(),
-                            message,
-                        };
-                        self.transport.send(&to, envelope);
-                    }
-                    Output::Drain => self.start_drain(),
-                    Output::Exit => exit = true,
-                }
+                exit |= self.carry_out(output);
             }
             let role = self.node.role();
-            let serving = self.node.is_serving();
             if role != prev_role {
                 info!(from = %prev_role, to = %role, term = ?self.node.term(), "role changed");
                 self.metrics
@@ -146,39 +72,62 @@ impl Driver {
                     .set(1);
                 prev_role = role;
             }
-            if serving != prev_serving {
-                match (serving, self.node.term()) {
-                    (true, Some(term)) => {
-                        let _ = self.control.send(Control::Activate(term));
-                        self.metrics.term.set(term as i64);
-                    }
-                    // A coordinator that hands off keeps executing until the drain marker.
-                    _ if role == Role::HandingOff => {}
-                    _ => {
-                        let _ = self.control.send(Control::Deactivate);
-                        self.metrics.term.set(0);
-                    }
-                }
-                prev_serving = serving;
-            }
             if self.node.elections() != prev_elections {
                 self.metrics
                     .elections
                     .inc_by(self.node.elections() - prev_elections);
                 prev_elections = self.node.elections();
             }
-            if role == Role::Coordinator && self.node.term().is_none() && !claiming {
-                claiming = true;
-                self.claim();
-            }
             self.publish(now());
             if exit {
-                let _ = self.control.send(Control::Deactivate);
                 // Give the farewell messages a moment to leave.
                 tokio::time::sleep(self.tick * 2).await;
                 return;
             }
         }
+    }
+
+    fn input(&mut self, event: Event, now: u64) -> Vec<Output> {
+        match event {
+            Event::Peer(envelope) => self.node.step(envelope, now),
+            Event::Peers(peers) => self.node.set_peers(peers, now),
+            Event::Claimed(term) => {
+                info!(term, "claimed term");
+                self.node.claimed(term, now)
+            }
+            Event::ClaimFailed => self.node.claim_failed(now),
+            Event::Fenced => self.node.fenced(now),
+            Event::Drained => self.node.drained(now),
+            Event::Shutdown => {
+                info!(role = %self.node.role(), "shutting down");
+                self.node.shutdown(now)
+            }
+        }
+    }
+
+    /// Does what the machine asked; true for [`Output::Exit`].
+    fn carry_out(&mut self, output: Output) -> bool {
+        match output {
+            Output::Send { to, message } => {
+                let envelope = Envelope {
+                    from: self.node.me().clone(),
+                    message,
+                };
+                self.transport.send(&to, envelope);
+            }
+            Output::ClaimTerm => self.claim(),
+            Output::Serve(term) => {
+                let _ = self.control.send(Control::Activate(term));
+                self.metrics.term.set(term as i64);
+            }
+            Output::StopServing => {
+                let _ = self.control.send(Control::Deactivate);
+                self.metrics.term.set(0);
+            }
+            Output::Drain => self.start_drain(),
+            Output::Exit => return true,
+        }
+        false
     }
 
     fn claim(&self) {
@@ -190,7 +139,6 @@ impl Driver {
                 Ok(term) => Event::Claimed(term),
                 Err(e) => {
                     warn!(error = %e, "claiming a term failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
                     Event::ClaimFailed
                 }
             };
@@ -249,12 +197,4 @@ impl Driver {
             }
         });
     }
-}
-
-/// This server's identity, logged at start.
-pub fn describe(me: &NodeInfo) -> String {
-    format!(
-        "rank {} peer {} client {}",
-        me.rank, me.peer_addr, me.client_addr
-    )
 }
