@@ -5,17 +5,18 @@
 //! `BULLY_KEEP_LOGS=1`). Clusters run one at a time per test binary: the machines are small
 //! and timing-sensitive tests should not starve each other.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bully_client::{
-    Client, ClientOptions, Command as Cmd, CommandRequest, CommandResponse, Status,
-};
+use bully_client::{Client, ClientOptions, Command as Cmd, CommandRequest, Status};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+
+use crate::harness;
+pub use crate::harness::Report;
+pub use crate::harness::invariants::check_exactly_once;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -23,26 +24,14 @@ static SERIAL: Mutex<()> = Mutex::new(());
 pub const HEARTBEAT: &str = "100ms";
 pub const TIMEOUT: Duration = Duration::from_millis(800);
 
-/// Path of a workspace binary, built by `cargo build --workspace --bins`.
+/// Path of a workspace binary ([`harness::binary`]); panics with what to do if it is missing.
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
-        path.display()
-    );
-    path
+    harness::binary(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A port nobody listens on right now.
+/// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    harness::free_port().expect("free port")
 }
 
 /// Which store the servers share.
@@ -227,36 +216,18 @@ impl Cluster {
     /// Waits until every running server agrees that server `want` is the coordinator with a
     /// claimed term; returns that term.
     pub async fn await_coordinator(&self, want: usize, timeout: Duration) -> u64 {
-        let deadline = Instant::now() + timeout;
         let want_addr = &self.servers[want].client_addr;
-        loop {
-            let mut agreed = None;
-            let mut all = true;
+        let agreed = harness::poll(timeout, Duration::from_millis(50), || async {
+            let mut views = Vec::new();
             for (i, server) in self.servers.iter().enumerate() {
-                if server.child.is_none() || self.exited(i) {
-                    continue;
-                }
-                match self
-                    .status(i)
-                    .await
-                    .and_then(|s| s.coordinator.filter(|_| s.ready))
-                {
-                    Some(c) if &c.client_addr == want_addr && c.term.is_some() => agreed = c.term,
-                    _ => all = false,
+                if server.child.is_some() && !self.exited(i) {
+                    views.push((server.name.clone(), self.status(i).await));
                 }
             }
-            if all && let Some(term) = agreed {
-                return term;
-            }
-            if Instant::now() > deadline {
-                self.dump_logs();
-                panic!(
-                    "{} did not become the agreed coordinator within {timeout:?}",
-                    self.servers[want].name
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            harness::agreement_on(&views, want_addr)
+        })
+        .await;
+        harness::expect_agreed(agreed, &self.servers[want].name, || self.dump_logs())
     }
 
     fn exited(&self, i: usize) -> bool {
@@ -311,23 +282,6 @@ impl Drop for Cluster {
     }
 }
 
-/// What a workload saw.
-#[derive(Debug, Default)]
-pub struct Report {
-    /// Acknowledged commands: id → response, per worker in completion order.
-    pub acked: Vec<Vec<(String, CommandResponse)>>,
-    /// Commands that did not execute before the client's deadline: (id, error).
-    pub failed: Vec<(String, String)>,
-    /// Every id issued.
-    pub issued: Vec<String>,
-}
-
-impl Report {
-    pub fn acked_count(&self) -> usize {
-        self.acked.iter().map(Vec::len).sum()
-    }
-}
-
 /// Runs `workers` concurrent clients, each issuing `incr counter` commands one after another
 /// until `stop` is set.
 pub async fn incr_workload(
@@ -371,67 +325,4 @@ pub async fn incr_workload(
         report.issued.extend(issued);
     }
     report
-}
-
-/// Checks the invariants of an `incr_workload` against the store, through the cluster:
-/// every acknowledged command is recorded once with its sequence number, the counter equals
-/// the number of applied commands (none lost, none applied twice), and sequence numbers are
-/// unique and follow each worker's real-time order, with terms never going back.
-pub async fn check_exactly_once(
-    report: &Report,
-    store: &dyn bully_server::store::Store,
-    client: &Client,
-) {
-    let mut seqs = BTreeMap::new();
-    for worker in &report.acked {
-        let mut last_seq = 0;
-        for (id, response) in worker {
-            assert!(
-                response.seq > last_seq,
-                "seq went back within one client: {response:?}"
-            );
-            last_seq = response.seq;
-            if let Some(other) = seqs.insert(response.seq, (id.clone(), response.term)) {
-                panic!("seq {} given to both {} and {id}", response.seq, other.0);
-            }
-            let record = store
-                .record(id)
-                .await
-                .expect("store")
-                .unwrap_or_else(|| panic!("acknowledged {id} is not in the store"));
-            assert_eq!(
-                (record.seq, record.term),
-                (response.seq, response.term),
-                "{id}"
-            );
-        }
-    }
-    // Terms never go back as sequence numbers go up: no deposed coordinator committed late.
-    let mut last_term = 0;
-    for (seq, (id, term)) in &seqs {
-        assert!(
-            *term >= last_term,
-            "seq {seq} ({id}) has term {term} after term {last_term}"
-        );
-        last_term = *term;
-    }
-    let mut applied = 0;
-    for id in &report.issued {
-        if store.record(id).await.expect("store").is_some() {
-            applied += 1;
-        }
-    }
-    let get = CommandRequest::new(Cmd::Get {
-        key: "counter".into(),
-    });
-    let value = match client.execute(&get).await.expect("get counter").outcome {
-        bully_client::Outcome::Value { value } => value.as_i64().expect("integer"),
-        bully_client::Outcome::NotFound => 0,
-        other => panic!("unexpected {other:?}"),
-    };
-    assert_eq!(
-        value, applied,
-        "counter vs. applied commands (lost or duplicated increments)"
-    );
-    assert!(applied as usize >= report.acked_count());
 }

@@ -1,4 +1,5 @@
 pub mod chaos;
 pub mod cluster;
 pub mod docker;
+pub mod harness;
 pub mod secantus;

@@ -107,20 +107,29 @@ impl Secantus {
             .unwrap_or_else(|e| panic!("{e}"));
     }
 
+    /// [`step_down`](Self::step_down), reporting failure instead of panicking. Succeeds only
+    /// once the node says it is no longer a writable primary, so a step-down that did not
+    /// happen is never taken for one that did.
     pub async fn try_step_down(&self, secs: u64) -> Result<(), String> {
+        let client = self.try_client().await?;
+        let admin = client.database("admin");
         let command = doc! { "replSetStepDown": secs as i64, "force": true };
-        match self
-            .try_client()
-            .await?
-            .database("admin")
-            .run_command(command)
-            .await
-        {
-            Ok(_) => Ok(()),
+        match admin.run_command(command).await {
+            Ok(_) => {}
             // MongoDB before 4.2 closes all connections on step-down: no reply may come.
-            Err(e) if matches!(*e.kind, mongodb::error::ErrorKind::Io(_)) => Ok(()),
-            Err(e) => Err(format!("replSetStepDown failed: {e}")),
+            Err(e) if matches!(*e.kind, mongodb::error::ErrorKind::Io(_)) => {}
+            Err(e) => return Err(format!("replSetStepDown failed: {e}")),
         }
+        let hello = admin
+            .run_command(doc! { "hello": 1 })
+            .await
+            .map_err(|e| format!("hello after replSetStepDown failed: {e}"))?;
+        if hello.get_bool("isWritablePrimary").unwrap_or(true) {
+            return Err(format!(
+                "after replSetStepDown the node still says it is a writable primary: {hello}"
+            ));
+        }
+        Ok(())
     }
 
     /// Arms mongod's `failCommand` failpoint (replacing any armed one): `mode` is `"off"`,

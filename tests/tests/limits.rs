@@ -40,30 +40,46 @@ async fn a_slow_client_gets_408_and_the_server_keeps_serving() {
     client.execute(&put).await.expect("still serving");
 }
 
+/// With both slots taken, a third connection is accepted by the kernel but not served: its
+/// request gets no answer (a read timeout, not a refusal or a reset). Once a slot frees, that
+/// same waiting request is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_cap_wait_until_one_closes() {
     let cluster = Cluster::start_with(&[1], StoreSpec::Embedded, &["--max-connections", "2"]);
     cluster.await_coordinator(0, Duration::from_secs(15)).await;
     let addr = cluster.servers[0].client_addr.clone();
-    let url = format!("http://{addr}/healthz");
-    // Two idle connections take both slots.
-    let hogs: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(&addr).unwrap()).collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
-    let blocked = http.get(&url).timeout(Duration::from_secs(1)).send().await;
-    assert!(
-        blocked.is_err(),
-        "a third connection was served: {blocked:?}"
-    );
-    drop(hogs);
-    let served = http
-        .get(&url)
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .expect("served once a slot frees");
-    assert_eq!(served.status().as_u16(), 200);
+    let answered = tokio::task::spawn_blocking(move || {
+        // Two idle connections take both slots.
+        let hogs: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut waiting = TcpStream::connect(&addr).expect("the kernel accepts the connection");
+        waiting
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: bully\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        waiting
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        let blocked = waiting.read(&mut byte);
+        let kind = blocked.as_ref().map_err(|e| e.kind());
+        assert!(
+            matches!(
+                kind,
+                Err(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+            ),
+            "a third connection was answered or refused instead of waiting: {blocked:?}"
+        );
+        drop(hogs);
+        waiting
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut response = String::new();
+        waiting
+            .read_to_string(&mut response)
+            .expect("the waiting request is answered once a slot frees");
+        response
+    })
+    .await
+    .unwrap();
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
 }

@@ -55,10 +55,6 @@ struct Args {
     /// Linearizability search steps per key before giving up.
     #[arg(long, default_value_t = bully_tests::chaos::linearizability::DEFAULT_BUDGET)]
     budget: u64,
-    /// Create the embedded store's SQLite file before starting the servers, which avoids
-    /// the known startup race of servers opening a fresh file at once (docs/chaos.md).
-    #[arg(long)]
-    prepare_store: bool,
     /// Negative control: run SecantusDB without --sync-on-commit, so store restarts lose
     /// acknowledged writes; the checks must then report violations.
     #[arg(long)]
@@ -93,7 +89,6 @@ async fn run(args: Args) -> ExitCode {
         out_dir: out,
         keep: args.keep,
         budget: args.budget,
-        prepare_store: args.prepare_store,
     };
     let summary = match &args.replay {
         Some(file) => replay(file, &options).await,

@@ -26,6 +26,7 @@ use serde_json::Value;
 
 use super::history::{OpRecord, OpResult, Resolved, resolve};
 use super::linearizability::kv::{KeyResult, check_kv, replay_in_order};
+use crate::harness::invariants;
 
 /// One broken invariant.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -145,60 +146,30 @@ fn linearizability(evidence: &Evidence<'_>, resolved: &[Resolved], out: &mut Vec
 }
 
 fn exactly_once(evidence: &Evidence<'_>, out: &mut Vec<Violation>) {
+    let acks = evidence
+        .history
+        .iter()
+        .filter(|op| !op.command.is_read())
+        .filter_map(|op| op.response().map(|r| (op.id.as_str(), r)));
+    for message in invariants::acks_match_records(acks, evidence.records) {
+        out.push(violation("exactly-once", message));
+    }
     let mut sums: BTreeMap<&str, i64> = BTreeMap::new();
     for op in evidence.history {
-        let record = evidence.records.get(&op.id);
-        if let Some(response) = op.response()
-            && !op.command.is_read()
-        {
-            match record {
-                None => out.push(violation(
-                    "exactly-once",
-                    format!("acknowledged {} has no record in the store", op.id),
-                )),
-                Some(r)
-                    if (r.seq, r.term, &r.outcome)
-                        != (response.seq, response.term, &response.outcome) =>
-                {
-                    out.push(violation(
-                        "exactly-once",
-                        format!(
-                            "{} was acknowledged as seq {} term {} {:?} but the store has seq \
-                             {} term {} {:?}",
-                            op.id,
-                            response.seq,
-                            response.term,
-                            response.outcome,
-                            r.seq,
-                            r.term,
-                            r.outcome
-                        ),
-                    ))
-                }
-                Some(_) => {}
-            }
-        }
         if let Command::Incr { key, delta } = &op.command
             && evidence.counters.contains_key(key)
             && let Some(Record {
                 outcome: Outcome::Counter { .. },
                 ..
-            }) = record
+            }) = evidence.records.get(&op.id)
         {
             *sums.entry(key.as_str()).or_default() += delta;
         }
     }
     for (key, value) in evidence.counters {
-        let expected = sums.get(key.as_str()).copied().unwrap_or(0);
-        let actual = value.as_ref().map_or(Some(0), Value::as_i64);
-        if actual != Some(expected) {
-            out.push(violation(
-                "exactly-once",
-                format!(
-                    "counter {key} is {value:?} in the store, but the increments with a record \
-                     add up to {expected} (lost or doubly applied increments)"
-                ),
-            ));
+        let applied = sums.get(key.as_str()).copied().unwrap_or(0);
+        if let Some(message) = invariants::counter_matches(key, value.as_ref(), applied) {
+            out.push(violation("exactly-once", message));
         }
     }
 }
@@ -206,29 +177,17 @@ fn exactly_once(evidence: &Evidence<'_>, out: &mut Vec<Violation>) {
 fn order(history: &[OpRecord], resolved: &[Resolved], out: &mut Vec<Violation>) {
     let mut by_seq: Vec<&Resolved> = resolved.iter().filter(|r| r.seq.is_some()).collect();
     by_seq.sort_by_key(|r| r.seq);
-    for pair in by_seq.windows(2) {
-        let (a, b) = (pair[0], pair[1]);
-        if a.seq == b.seq {
-            out.push(violation(
-                "order",
-                format!(
-                    "seq {:?} was given to two commands: {} and {}",
-                    a.seq,
-                    describe(history, a.index),
-                    describe(history, b.index)
-                ),
-            ));
-        }
-        if a.term > b.term {
-            out.push(violation(
-                "order",
-                format!(
-                    "term went back as seq went up: {} then {}",
-                    describe(history, a.index),
-                    describe(history, b.index)
-                ),
-            ));
-        }
+    let labelled = || {
+        by_seq
+            .iter()
+            .filter_map(|r| r.seq.map(|seq| (seq, r.term, describe(history, r.index))))
+    };
+    for message in invariants::seqs_unique(labelled().map(|(seq, _, label)| (seq, label))) {
+        out.push(violation("order", message));
+    }
+    let with_terms = labelled().filter_map(|(seq, term, label)| term.map(|t| (seq, t, label)));
+    for message in invariants::terms_follow_seqs(with_terms) {
+        out.push(violation("order", message));
     }
     // Real time: nothing with a higher seq may have completed before this one was invoked.
     let mut earliest_later: Option<(u64, usize)> = None;
@@ -265,6 +224,9 @@ fn order(history: &[OpRecord], resolved: &[Resolved], out: &mut Vec<Violation>) 
         ));
     }
 }
+
+/// At most this many violations of one kind are listed one by one.
+const MAX_REPORTED: usize = 10;
 
 /// The log lines the term checks use.
 #[derive(Debug)]
@@ -306,7 +268,33 @@ fn terms(evidence: &Evidence<'_>, out: &mut Vec<Violation>, stats: &mut CheckSta
     let mut claims: BTreeMap<u64, Vec<(usize, usize)>> = BTreeMap::new();
     let mut applied: HashMap<(String, u64, u64), Vec<(usize, usize)>> = HashMap::new();
     for (server, path) in evidence.logs.iter().enumerate() {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) => {
+                out.push(violation(
+                    "terms",
+                    format!(
+                        "s{server}'s log {} cannot be read ({e}): the term checks cannot run",
+                        path.display()
+                    ),
+                ));
+                continue;
+            }
+        };
+        if !text
+            .lines()
+            .any(|l| matches!(parse_line(l), Some(Line::Starting)))
+        {
+            out.push(violation(
+                "terms",
+                format!(
+                    "s{server}'s log {} has no \"server starting\" line (not JSON at debug \
+                     level?): the term checks cannot run",
+                    path.display()
+                ),
+            ));
+            continue;
+        }
         let mut incarnation = 0;
         let mut claimed_here: HashSet<u64> = HashSet::new();
         let mut executing: Option<u64> = None;
@@ -354,6 +342,12 @@ fn terms(evidence: &Evidence<'_>, out: &mut Vec<Violation>, stats: &mut CheckSta
         }
     }
     stats.claims = claims.len();
+    if claims.is_empty() {
+        out.push(violation(
+            "terms",
+            "no server's log shows a claimed term: the term checks found nothing to check".into(),
+        ));
+    }
     for (term, holders) in &claims {
         if holders.len() > 1 {
             out.push(violation(
@@ -382,7 +376,19 @@ fn terms(evidence: &Evidence<'_>, out: &mut Vec<Violation>, stats: &mut CheckSta
         }
         let key = (op.id.clone(), response.seq, response.term);
         let Some(appliers) = applied.get(&key) else {
+            // Every server logs "applied" before it answers, so an acknowledged fresh write
+            // without that line means the logs do not show what happened.
             stats.unattributed += 1;
+            if stats.unattributed <= MAX_REPORTED {
+                out.push(violation(
+                    "terms",
+                    format!(
+                        "{} was acknowledged (seq {}, term {}) but no server's log shows it \
+                         applied",
+                        op.id, response.seq, response.term
+                    ),
+                ));
+            }
             continue;
         };
         let claimer = claims.get(&response.term).and_then(|h| h.first());
@@ -398,5 +404,350 @@ fn terms(evidence: &Evidence<'_>, out: &mut Vec<Violation>, stats: &mut CheckSta
                 ),
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every check fed a known-bad input reports it; the unaltered input passes.
+    use super::*;
+    use bully_client::CommandResponse;
+    use serde_json::json;
+
+    struct Case {
+        history: Vec<OpRecord>,
+        records: HashMap<String, Record>,
+        counters: BTreeMap<String, Option<Value>>,
+        logs: Vec<Vec<Value>>,
+    }
+
+    fn ack(
+        client: usize,
+        id: &str,
+        command: Command,
+        span: (u64, u64),
+        seq: u64,
+        outcome: Outcome,
+    ) -> OpRecord {
+        OpRecord {
+            client,
+            id: id.into(),
+            command,
+            invoke_us: span.0,
+            complete_us: Some(span.1),
+            result: OpResult::Ok {
+                response: CommandResponse {
+                    id: id.into(),
+                    seq,
+                    term: 1,
+                    outcome,
+                    duplicate: false,
+                },
+            },
+        }
+    }
+
+    fn line(message: &str, fields: Value) -> Value {
+        let mut v = fields;
+        v["message"] = json!(message);
+        v
+    }
+
+    fn applied(id: &str, seq: u64, term: u64) -> Value {
+        line("applied", json!({"id": id, "seq": seq, "term": term}))
+    }
+
+    /// Two clients: a put and a get of `k`, two increments of `n`; one server claimed term 1
+    /// and applied the writes.
+    fn good() -> Case {
+        let put = |v: &str| Command::Put {
+            key: "k".into(),
+            value: json!(v),
+        };
+        let incr = Command::Incr {
+            key: "n".into(),
+            delta: 1,
+        };
+        let history = vec![
+            ack(0, "p1", put("a"), (0, 10), 1, Outcome::Ok),
+            ack(
+                1,
+                "i1",
+                incr.clone(),
+                (20, 30),
+                2,
+                Outcome::Counter { value: 1 },
+            ),
+            ack(
+                0,
+                "g1",
+                Command::Get { key: "k".into() },
+                (40, 50),
+                3,
+                Outcome::Value { value: json!("a") },
+            ),
+            ack(1, "i2", incr, (60, 70), 4, Outcome::Counter { value: 2 }),
+        ];
+        let mut records = HashMap::new();
+        for op in history.iter().filter(|op| !op.command.is_read()) {
+            let r = op.response().unwrap();
+            records.insert(
+                op.id.clone(),
+                Record {
+                    id: op.id.clone(),
+                    seq: r.seq,
+                    term: r.term,
+                    outcome: r.outcome.clone(),
+                },
+            );
+        }
+        let counters = [("n".to_string(), Some(json!(2)))].into();
+        let logs = vec![
+            vec![
+                line("server starting", json!({})),
+                line("claimed term", json!({"term": 1})),
+                line("executing commands", json!({"term": 1})),
+                applied("p1", 1, 1),
+                applied("i1", 2, 1),
+                applied("i2", 4, 1),
+            ],
+            vec![line("server starting", json!({}))],
+        ];
+        Case {
+            history,
+            records,
+            counters,
+            logs,
+        }
+    }
+
+    /// The checks that report something for `case`.
+    fn failing(case: &Case) -> Vec<Violation> {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<std::path::PathBuf> = case
+            .logs
+            .iter()
+            .enumerate()
+            .map(|(i, lines)| {
+                let path = dir.path().join(format!("s{i}.log"));
+                let text: Vec<String> = lines.iter().map(Value::to_string).collect();
+                std::fs::write(&path, text.join("\n")).unwrap();
+                path
+            })
+            .collect();
+        let logs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
+        let fence = FenceState {
+            term: 1,
+            holder: "s0".into(),
+            seq: 4,
+        };
+        let (violations, _) = run_all(&Evidence {
+            history: &case.history,
+            records: &case.records,
+            counters: &case.counters,
+            fence: Some(&fence),
+            logs: &logs,
+            budget: super::super::linearizability::DEFAULT_BUDGET,
+        });
+        violations
+    }
+
+    fn checks(violations: &[Violation]) -> Vec<&str> {
+        violations.iter().map(|v| v.check.as_str()).collect()
+    }
+
+    #[test]
+    fn the_unaltered_history_passes() {
+        assert_eq!(failing(&good()), []);
+    }
+
+    #[test]
+    fn a_doubly_applied_id_is_caught_by_exactly_once() {
+        // The store's counter shows one increment more than the records account for: an id
+        // whose effect was applied twice.
+        let mut case = good();
+        case.counters.insert("n".into(), Some(json!(3)));
+        let found = failing(&case);
+        assert!(checks(&found).contains(&"exactly-once"), "{found:?}");
+        // And an acknowledged write the store has no record of.
+        let mut case = good();
+        case.records.remove("i1");
+        let found = failing(&case);
+        assert!(
+            found
+                .iter()
+                .any(|v| v.check == "exactly-once" && v.message.contains("no record")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_seq_out_of_commit_order_is_caught_by_order() {
+        // The put completed before the first increment was invoked, yet got the higher seq.
+        let mut case = good();
+        for (id, seq) in [("p1", 2), ("i1", 1)] {
+            let op = case.history.iter_mut().find(|op| op.id == id).unwrap();
+            if let OpResult::Ok { response } = &mut op.result {
+                response.seq = seq;
+            }
+            case.records.get_mut(id).unwrap().seq = seq;
+        }
+        let found = failing(&case);
+        assert!(
+            found
+                .iter()
+                .any(|v| v.check == "order" && v.message.contains("real time")),
+            "{found:?}"
+        );
+        // A seq given to two commands.
+        let mut case = good();
+        if let OpResult::Ok { response } = &mut case.history[3].result {
+            response.seq = 2;
+        }
+        case.records.get_mut("i2").unwrap().seq = 2;
+        let found = failing(&case);
+        assert!(
+            found
+                .iter()
+                .any(|v| v.check == "order" && v.message.contains("given to both")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn an_out_of_order_replay_is_caught() {
+        // Two puts and a get, all concurrent (so real time allows any order, and the get of
+        // "a" linearizes between them), but their seqs say the get came after the second put.
+        let mut case = good();
+        let put_b = ack(
+            1,
+            "p2",
+            Command::Put {
+                key: "k".into(),
+                value: json!("b"),
+            },
+            (41, 49),
+            2,
+            Outcome::Ok,
+        );
+        case.history[2].invoke_us = 5;
+        case.history.push(put_b);
+        for op in &mut case.history {
+            if let OpResult::Ok { response } = &mut op.result {
+                response.seq = match op.id.as_str() {
+                    "p1" => 1,
+                    "p2" => 2,
+                    "g1" => 3,
+                    "i1" => 4,
+                    _ => 5,
+                };
+            }
+        }
+        case.records.clear();
+        for op in case.history.iter().filter(|op| !op.command.is_read()) {
+            let r = op.response().unwrap();
+            case.records.insert(
+                op.id.clone(),
+                Record {
+                    id: op.id.clone(),
+                    seq: r.seq,
+                    term: 1,
+                    outcome: r.outcome.clone(),
+                },
+            );
+        }
+        case.logs[0] = vec![
+            line("server starting", json!({})),
+            line("claimed term", json!({"term": 1})),
+            line("executing commands", json!({"term": 1})),
+            applied("p1", 1, 1),
+            applied("p2", 2, 1),
+            applied("i1", 4, 1),
+            applied("i2", 5, 1),
+        ];
+        let found = failing(&case);
+        assert!(
+            found
+                .iter()
+                .any(|v| v.check == "order" && v.message.contains("replaying")),
+            "{found:?}"
+        );
+        // The checker of the replay alone, on the ops in seq order.
+        let ops: Vec<_> = super::super::history::resolve(&case.history, &case.records)
+            .into_iter()
+            .filter(|r| r.op.key == "k")
+            .collect();
+        let mut by_seq: Vec<_> = ops.iter().collect();
+        by_seq.sort_by_key(|r| r.seq);
+        let in_order: Vec<_> = by_seq.iter().map(|r| &r.op).collect();
+        assert!(replay_in_order(&in_order).is_err());
+    }
+
+    #[test]
+    fn two_servers_committing_in_one_term_are_caught_by_terms() {
+        // s1 claims term 1 too and applies a write in it.
+        let mut case = good();
+        case.logs[1] = vec![
+            line("server starting", json!({})),
+            line("claimed term", json!({"term": 1})),
+            line("executing commands", json!({"term": 1})),
+            applied("i2", 4, 1),
+        ];
+        case.logs[0].pop();
+        let found = failing(&case);
+        let terms: Vec<&Violation> = found.iter().filter(|v| v.check == "terms").collect();
+        assert!(
+            terms
+                .iter()
+                .any(|v| v.message.contains("several server processes")),
+            "{found:?}"
+        );
+        // A server that executes under a term it never claimed.
+        let mut case = good();
+        case.logs[1] = vec![
+            line("server starting", json!({})),
+            line("executing commands", json!({"term": 1})),
+        ];
+        let found = failing(&case);
+        assert!(
+            found
+                .iter()
+                .any(|v| v.check == "terms" && v.message.contains("did not claim")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn missing_logs_and_unlogged_writes_fail_the_term_checks() {
+        // An acknowledged write that no log shows applied.
+        let mut case = good();
+        case.logs[0].retain(|l| l["id"] != "i1");
+        let found = failing(&case);
+        assert!(
+            found
+                .iter()
+                .any(|v| v.check == "terms" && v.message.contains("no server's log shows it")),
+            "{found:?}"
+        );
+        // A log without a start line (wrong format or level): the checks cannot run.
+        let mut case = good();
+        case.logs[1] = vec![json!({"msg": "plain text"})];
+        let found = failing(&case);
+        assert!(
+            found
+                .iter()
+                .any(|v| v.check == "terms" && v.message.contains("cannot run")),
+            "{found:?}"
+        );
+        // No claim anywhere.
+        let mut case = good();
+        case.logs = vec![vec![line("server starting", json!({}))]];
+        let found = failing(&case);
+        assert!(
+            found
+                .iter()
+                .any(|v| v.message.contains("no server's log shows a claimed term")),
+            "{found:?}"
+        );
     }
 }

@@ -17,6 +17,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::proxy::{self, Links};
+use crate::harness;
 
 /// Heartbeat settings of every chaos cluster (the server defaults).
 pub const HEARTBEAT: &str = "100ms";
@@ -64,30 +65,6 @@ pub struct ChaosCluster {
     status_client: Client,
 }
 
-/// `bully-server` next to the running executable (a test in `target/*/deps`, or a binary in
-/// `target/*`), or `BULLY_SERVER_BIN`.
-pub fn server_binary() -> Result<PathBuf, String> {
-    if let Some(path) = std::env::var_os("BULLY_SERVER_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut dir = exe.parent();
-    while let Some(d) = dir {
-        let candidate = d.join("bully-server");
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-        if d.file_name().is_some_and(|n| n == "target") {
-            break;
-        }
-        dir = d.parent();
-    }
-    Err(format!(
-        "bully-server not found near {}: run `cargo build --workspace --bins` first",
-        exe.display()
-    ))
-}
-
 /// A port free on both 127.0.0.1 (kept bound: the proxy's listener) and 127.0.0.2.
 fn proxy_listener() -> std::io::Result<(TcpListener, SocketAddr)> {
     for _ in 0..50 {
@@ -103,14 +80,10 @@ fn proxy_listener() -> std::io::Result<(TcpListener, SocketAddr)> {
     ))
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 impl ChaosCluster {
     /// Starts proxies and one server per rank.
     pub fn start(ranks: &[u64], store: StoreArgs, dir: &Path) -> std::io::Result<ChaosCluster> {
-        let binary = server_binary().map_err(std::io::Error::other)?;
+        let binary = harness::binary("bully-server").map_err(std::io::Error::other)?;
         let links = Arc::new(Links::default());
         let mut listeners = Vec::new();
         let mut servers = Vec::new();
@@ -121,7 +94,7 @@ impl ChaosCluster {
             servers.push(Server {
                 index,
                 rank: *rank,
-                client_addr: format!("127.0.0.1:{}", free_port()?),
+                client_addr: format!("127.0.0.1:{}", harness::free_port()?),
                 peer_addr,
                 real_peer,
                 child: None,
@@ -335,26 +308,24 @@ impl ChaosCluster {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             self.check_exits();
-            let running = self
+            let mut views: Vec<(String, Option<Status>)> = self
                 .servers
                 .iter()
                 .filter(|s| s.life == Life::Running)
-                .count();
-            let statuses = self.statuses().await;
-            let views: Vec<Option<(String, u64)>> = statuses
-                .iter()
-                .map(|(_, s)| {
-                    let c = s.coordinator.as_ref().filter(|_| s.ready)?;
-                    Some((c.client_addr.clone(), c.term?))
-                })
+                .map(|s| (format!("s{}", s.index), None))
                 .collect();
-            if running > 0
-                && statuses.len() == running
-                && let Some(Some(first)) = views.first()
-                && views.iter().all(|v| v.as_ref() == Some(first))
-                && let Some(index) = self.servers.iter().position(|s| s.client_addr == first.0)
+            for (i, status) in self.statuses().await {
+                if let Some(view) = views.iter_mut().find(|(name, _)| *name == format!("s{i}")) {
+                    view.1 = Some(status);
+                }
+            }
+            if let Ok(agreed) = harness::agreement(&views)
+                && let Some(index) = self
+                    .servers
+                    .iter()
+                    .position(|s| s.client_addr == agreed.client_addr)
             {
-                return Some((index, first.1));
+                return Some((index, agreed.term));
             }
             if tokio::time::Instant::now() >= deadline {
                 return None;

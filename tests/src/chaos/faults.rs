@@ -33,7 +33,11 @@ pub struct Injector {
     pub events: Vec<Event>,
     /// Faults carried out, by name.
     pub injected: BTreeMap<String, usize>,
+    /// Faults with no possible target (not counted as injected).
     pub skipped: usize,
+    /// Planned faults (or their undoing) that could not be carried out: what went wrong. A
+    /// run with any of these fails: it did not test what its plan says.
+    pub failed: Vec<String>,
     epoch: Instant,
     pending: Vec<(u64, Undo)>,
     next_id: u64,
@@ -47,6 +51,7 @@ impl Injector {
             events: Vec::new(),
             injected: BTreeMap::new(),
             skipped: 0,
+            failed: Vec::new(),
             epoch,
             pending: Vec::new(),
             next_id: 0,
@@ -60,6 +65,12 @@ impl Injector {
     fn log(&mut self, what: String) {
         let at_ms = self.now_ms();
         self.events.push(Event { at_ms, what });
+    }
+
+    /// Notes a fault that could not be carried out.
+    fn fail(&mut self, what: String) {
+        self.log(format!("FAILED: {what}"));
+        self.failed.push(what);
     }
 
     async fn sleep_until(&self, at_ms: u64) {
@@ -107,7 +118,7 @@ impl Injector {
                 Life::Down => {
                     let _ = self.cluster.reap(i, Duration::from_secs(6)).await;
                     if let Err(e) = self.cluster.spawn(i) {
-                        self.log(format!("restarting s{i} failed: {e}"));
+                        self.fail(format!("restarting s{i} failed: {e}"));
                     }
                 }
                 Life::Running => {}
@@ -133,7 +144,7 @@ impl Injector {
                 self.cluster.servers[server].rank = rank;
                 match self.cluster.spawn(server) {
                     Ok(()) => self.log(format!("restarted s{server} with rank {rank}")),
-                    Err(e) => self.log(format!("restarting s{server} failed: {e}")),
+                    Err(e) => self.fail(format!("restarting s{server} failed: {e}")),
                 }
             }
             Undo::Resume { server } => {
@@ -286,7 +297,10 @@ impl Injector {
                     // A drain and handover take well under a second; past 6 s it is killed.
                     let clean = self.cluster.reap(i, Duration::from_secs(6)).await;
                     if !clean {
-                        self.log(format!("s{i} did not exit cleanly after SIGTERM"));
+                        return self.fail(format!(
+                            "{}: s{i} did not exit cleanly within 6 s of SIGTERM",
+                            fault.name()
+                        ));
                     }
                 } else {
                     self.cluster.kill(i);
@@ -294,30 +308,27 @@ impl Injector {
                 }
                 self.cluster.servers[i].rank = *new_rank;
                 if let Err(e) = self.cluster.spawn(i) {
-                    self.log(format!("restarting s{i} failed: {e}"));
-                } else {
-                    self.log(format!("restarted s{i} with rank {new_rank}"));
+                    return self.fail(format!("{}: restarting s{i} failed: {e}", fault.name()));
                 }
+                self.log(format!("restarted s{i} with rank {new_rank}"));
             }
             Fault::StoreStepDown { secs } => {
                 let Some(secantus) = &self.secantus else {
                     return self.skip(fault, "no MongoDB store");
                 };
-                let outcome = match secantus.try_step_down(*secs).await {
-                    Ok(()) => "ok".to_string(),
-                    Err(e) => format!("error: {e}"),
-                };
-                self.log(format!("{}: {secs} s ({outcome})", fault.name()));
+                if let Err(e) = secantus.try_step_down(*secs).await {
+                    return self.fail(format!("{}: {e}", fault.name()));
+                }
+                self.log(format!("{}: {secs} s", fault.name()));
             }
             Fault::StoreRestart => {
                 let Some(secantus) = self.secantus.as_mut() else {
                     return self.skip(fault, "no MongoDB store");
                 };
-                let outcome = match secantus.try_restart().await {
-                    Ok(()) => "restarted".to_string(),
-                    Err(e) => format!("failed to restart: {e}"),
-                };
-                self.log(format!("{}: {outcome}", fault.name()));
+                if let Err(e) = secantus.try_restart().await {
+                    return self.fail(format!("{}: the store did not restart: {e}", fault.name()));
+                }
+                self.log(format!("{}: restarted", fault.name()));
             }
         }
         self.count(fault);

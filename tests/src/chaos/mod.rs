@@ -45,6 +45,7 @@ pub struct Summary {
     pub runs: usize,
     pub faults: BTreeMap<String, usize>,
     pub faults_skipped: usize,
+    pub faults_failed: usize,
     pub messages_dropped: u64,
     pub ops_ok: usize,
     pub ops_rejected: usize,
@@ -53,6 +54,8 @@ pub struct Summary {
     pub violations: usize,
     pub checked_ops: usize,
     pub claims: usize,
+    /// Acknowledged fresh writes traced to the process that claimed their term.
+    pub attributed: usize,
     /// Seeds of runs with violations, and where their reports are.
     pub failed: Vec<(u64, Option<std::path::PathBuf>)>,
     /// Runs the harness itself could not carry out (seed, reason).
@@ -67,6 +70,7 @@ impl Summary {
             *self.faults.entry(name.clone()).or_default() += n;
         }
         self.faults_skipped += s.faults_skipped;
+        self.faults_failed += s.faults_failed;
         self.messages_dropped += s.messages_dropped;
         self.ops_ok += s.ops_ok;
         self.ops_rejected += s.ops_rejected;
@@ -74,6 +78,7 @@ impl Summary {
         self.indeterminate_applied += s.indeterminate_applied;
         self.checked_ops += s.checks.checked_ops;
         self.claims += s.checks.claims;
+        self.attributed += s.checks.attributed;
         self.violations += report.violations.len();
         if !report.violations.is_empty() {
             self.failed
@@ -96,9 +101,10 @@ impl fmt::Display for Summary {
         writeln!(f, "runs: {}", self.runs)?;
         writeln!(
             f,
-            "faults injected: {} ({} skipped: no target)",
+            "faults injected: {} ({} skipped: no target; {} failed to inject)",
             self.faults_injected(),
-            self.faults_skipped
+            self.faults_skipped,
+            self.faults_failed
         )?;
         for (name, n) in &self.faults {
             writeln!(f, "  {name}: {n}")?;
@@ -115,8 +121,9 @@ impl fmt::Display for Summary {
         )?;
         writeln!(
             f,
-            "checked: {} operations for linearizability, {} claimed terms",
-            self.checked_ops, self.claims
+            "checked: {} operations for linearizability, {} claimed terms, {} writes traced to \
+             their term's claimer",
+            self.checked_ops, self.claims, self.attributed
         )?;
         writeln!(f, "violations: {}", self.violations)?;
         for (seed, file) in &self.failed {

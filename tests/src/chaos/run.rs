@@ -44,8 +44,6 @@ pub struct RunOptions {
     pub keep: bool,
     /// Linearizability search steps per key.
     pub budget: u64,
-    /// Create the embedded store's file before the servers start (see [`run`]).
-    pub prepare_store: bool,
 }
 
 /// Counts of one run.
@@ -58,6 +56,8 @@ pub struct RunStats {
     pub indeterminate_applied: usize,
     pub faults: BTreeMap<String, usize>,
     pub faults_skipped: usize,
+    /// Planned faults that could not be carried out (each also a violation).
+    pub faults_failed: usize,
     pub messages_dropped: u64,
     pub checks: CheckStats,
     pub elapsed_ms: u64,
@@ -97,12 +97,6 @@ pub async fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport, String>
             (Some(secantus), args)
         }
     };
-    if let (true, StoreArgs::Embedded(path)) = (options.prepare_store, &store_args) {
-        // Servers opening a fresh SQLite file at the same moment can fail with "database is
-        // locked" (docs/chaos.md, "Findings"); creating it first keeps that known startup race
-        // out of batches that are about failover.
-        EmbeddedStore::open(path).map_err(|e| format!("preparing the store: {e}"))?;
-    }
     let mut cluster = ChaosCluster::start(&plan.ranks, store_args.clone(), dir.path())
         .map_err(|e| e.to_string())?;
     let mut violations = Vec::new();
@@ -230,6 +224,12 @@ pub async fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport, String>
         budget: options.budget,
     });
     violations.extend(found);
+    for what in &injector.failed {
+        violations.push(Violation {
+            check: "fault-injection".into(),
+            message: format!("a planned fault was not carried out: {what}"),
+        });
+    }
 
     let count = |f: fn(&OpResult) -> bool| history.iter().filter(|op| f(&op.result)).count();
     let stats = RunStats {
@@ -242,6 +242,7 @@ pub async fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport, String>
             .count(),
         faults: injector.injected.clone(),
         faults_skipped: injector.skipped,
+        faults_failed: injector.failed.len(),
         messages_dropped,
         checks: check_stats,
         elapsed_ms: started.elapsed().as_millis() as u64,
