@@ -74,6 +74,21 @@ impl Command {
         }
     }
 
+    /// About how many bytes the command carries: its key and the JSON of its values. The
+    /// executor bounds a batch by it.
+    pub fn size(&self) -> usize {
+        match self {
+            Command::Put { key, value } => key.len() + json_size(value),
+            Command::Cas { key, expected, new } => {
+                key.len() + expected.as_ref().map_or(0, json_size) + json_size(new)
+            }
+            Command::Get { key } | Command::Delete { key } | Command::Incr { key, .. } => key.len(),
+            Command::List { prefix, after, .. } => {
+                prefix.as_ref().map_or(0, String::len) + after.as_ref().map_or(0, String::len)
+            }
+        }
+    }
+
     /// True for commands that never change the store.
     pub fn is_read(&self) -> bool {
         matches!(self, Command::Get { .. } | Command::List { .. })

@@ -108,6 +108,10 @@ pub struct ServeArgs {
     /// Commands the coordinator queues before answering 503.
     #[arg(long, env = "BULLY_QUEUE_CAPACITY", default_value_t = 1024)]
     pub queue_capacity: usize,
+    /// Most commands the coordinator applies in one store transaction (group commit: every
+    /// command waiting in the queue, up to this many). 1 applies them strictly one at a time.
+    #[arg(long, env = "BULLY_MAX_BATCH", default_value_t = 256)]
+    pub max_batch: usize,
     /// Longest key, in bytes.
     #[arg(long, env = "BULLY_MAX_KEY_BYTES", default_value_t = bully_client::DEFAULT_MAX_KEY_BYTES)]
     pub max_key_bytes: usize,
@@ -194,6 +198,9 @@ impl ServeArgs {
         }
         if self.queue_capacity == 0 {
             return fail("--queue-capacity must be at least 1".into());
+        }
+        if self.max_batch == 0 {
+            return fail("--max-batch must be at least 1".into());
         }
         if self.max_key_bytes == 0 || self.max_value_bytes == 0 || self.max_page == 0 {
             return fail(
@@ -295,6 +302,7 @@ mod tests {
             (&["--store", "mongodb"], "--mongodb-uri"),
             (&["--queue-capacity", "0"], "--queue-capacity"),
             (&["--expected-servers", "0"], "--expected-servers"),
+            (&["--max-batch", "0"], "--max-batch"),
             (&["--heartbeat-interval", "0s"], "--heartbeat-interval"),
             (&["--retention", "1s"], "--retention"),
             (

@@ -1,9 +1,14 @@
-//! The executor: the one task that applies commands to the store, one after another.
+//! The executor: the one task that applies commands to the store, in one order, a batch at a
+//! time.
 //!
 //! HTTP handlers queue [`Job`]s through a bounded channel and wait on a oneshot for the answer;
-//! the executor takes them in arrival order and applies each under the term it was given by
-//! the election driver ([`Control::Activate`]). Applying one command at a time in one task is what
-//! makes the order global and serial; the store's term check makes it safe across coordinators.
+//! the executor takes every job waiting in the queue (up to `max_batch` of them, and a bound on
+//! their bytes), applies them in queue order in one fenced store operation under the term the
+//! election driver gave it ([`Control::Activate`]), and answers each once that operation is
+//! durable: group commit. While one batch commits, the next one queues up, so the store's
+//! commit latency is paid once per batch instead of once per command. One task applying
+//! batches one after another is what makes the order global and serial; the store's term check
+//! makes it safe across coordinators.
 //!
 //! A [`ExecMsg::Drain`] marker travels through the same queue: when the executor reaches it,
 //! every command queued before it has been answered, and it stops applying (a handoff follows).
@@ -13,12 +18,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bully_client::{CommandResponse, Outcome};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::messages::{Control, Event, ExecError, ExecMsg, Job};
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreError};
+use crate::store::{Applied, Op, Store, StoreError};
+
+/// A batch stops growing at this many bytes of commands (their values' JSON), so that one
+/// store transaction stays well within what a MongoDB transaction may hold.
+const MAX_BATCH_BYTES: usize = 4 << 20;
 
 pub struct Executor {
     pub store: Arc<dyn Store>,
@@ -28,6 +37,8 @@ pub struct Executor {
     pub metrics: Arc<Metrics>,
     pub last_seq: Arc<AtomicU64>,
     pub retention: Duration,
+    /// Most commands in one store operation; 1 applies them strictly one at a time.
+    pub max_batch: usize,
 }
 
 impl Executor {
@@ -40,27 +51,23 @@ impl Executor {
             tokio::select! {
                 biased;
                 control = self.control.recv() => match control {
-                    Some(Control::Activate(t)) => {
-                        info!(term = t, "executing commands");
-                        term = Some(t);
-                    }
-                    Some(Control::Deactivate) => {
-                        if term.take().is_some() {
-                            info!("stopped executing commands");
-                        }
-                    }
+                    Some(control) => Self::obey(&mut term, control),
                     None => return,
                 },
                 msg = self.jobs.recv() => match msg {
                     Some(ExecMsg::Job(job)) => {
                         self.metrics.queue_depth.set(self.depth());
-                        self.execute(&mut term, *job).await;
+                        let (batch, drain) = self.gather(*job);
+                        // Orders that arrived while the batch gathered come first.
+                        while let Ok(control) = self.control.try_recv() {
+                            Self::obey(&mut term, control);
+                        }
+                        self.execute(&mut term, batch).await;
+                        if let Some(done) = drain {
+                            Self::drained(&mut term, done);
+                        }
                     }
-                    Some(ExecMsg::Drain(done)) => {
-                        info!("queue drained");
-                        term = None;
-                        let _ = done.send(());
-                    }
+                    Some(ExecMsg::Drain(done)) => Self::drained(&mut term, done),
                     None => return,
                 },
                 _ = expiry.tick() => {
@@ -72,30 +79,65 @@ impl Executor {
         }
     }
 
+    fn obey(term: &mut Option<u64>, control: Control) {
+        match control {
+            Control::Activate(t) => {
+                info!(term = t, "executing commands");
+                *term = Some(t);
+            }
+            Control::Deactivate => {
+                if term.take().is_some() {
+                    info!("stopped executing commands");
+                }
+            }
+        }
+    }
+
+    fn drained(term: &mut Option<u64>, done: oneshot::Sender<()>) {
+        info!("queue drained");
+        *term = None;
+        let _ = done.send(());
+    }
+
     fn depth(&self) -> i64 {
         (self.jobs.max_capacity() - self.jobs.capacity()) as i64
     }
 
-    async fn execute(&self, term: &mut Option<u64>, job: Job) {
-        let kind = job.request.command.kind();
-        let result = match *term {
-            None => Err(ExecError::NotServing),
+    /// `first` and every job queued behind it, up to the batch bounds or a drain marker (which
+    /// is returned, to be answered after the batch).
+    fn gather(&mut self, first: Job) -> (Vec<Job>, Option<oneshot::Sender<()>>) {
+        let mut bytes = first.request.command.size();
+        let mut batch = vec![first];
+        while batch.len() < self.max_batch && bytes < MAX_BATCH_BYTES {
+            match self.jobs.try_recv() {
+                Ok(ExecMsg::Job(job)) => {
+                    bytes += job.request.command.size();
+                    batch.push(*job);
+                }
+                Ok(ExecMsg::Drain(done)) => return (batch, Some(done)),
+                Err(_) => break,
+            }
+        }
+        (batch, None)
+    }
+
+    async fn execute(&self, term: &mut Option<u64>, batch: Vec<Job>) {
+        let results: Vec<Result<Applied, ExecError>> = match *term {
+            None => batch.iter().map(|_| Err(ExecError::NotServing)).collect(),
             Some(t) => {
-                let applied = self
-                    .store
-                    .apply(t, &job.request.id, &job.request.command)
-                    .await;
-                match applied {
-                    Ok(applied) => {
-                        self.last_seq.fetch_max(applied.seq, Ordering::Relaxed);
-                        Ok(CommandResponse {
-                            id: job.request.id.clone(),
-                            seq: applied.seq,
-                            term: applied.term,
-                            outcome: applied.outcome,
-                            duplicate: applied.duplicate,
-                        })
-                    }
+                let ops: Vec<Op> = batch
+                    .iter()
+                    .map(|job| Op {
+                        id: job.request.id.clone(),
+                        command: job.request.command.clone(),
+                    })
+                    .collect();
+                self.metrics.batch_size.observe(ops.len() as f64);
+                match self.store.apply_batch(t, &ops).await {
+                    Ok(results) => results
+                        .into_iter()
+                        .map(|r| r.map_err(ExecError::Store))
+                        .collect(),
                     Err(e) => {
                         match &e {
                             StoreError::Fenced { mine, current } => {
@@ -110,11 +152,31 @@ impl Executor {
                             }
                             StoreError::IdConflict { .. } => {}
                         }
-                        Err(ExecError::Store(e))
+                        batch
+                            .iter()
+                            .map(|_| Err(ExecError::Store(e.clone())))
+                            .collect()
                     }
                 }
             }
         };
+        for (job, result) in batch.into_iter().zip(results) {
+            self.answer(job, result);
+        }
+    }
+
+    fn answer(&self, job: Job, result: Result<Applied, ExecError>) {
+        let kind = job.request.command.kind();
+        let result = result.map(|applied| {
+            self.last_seq.fetch_max(applied.seq, Ordering::Relaxed);
+            CommandResponse {
+                id: job.request.id.clone(),
+                seq: applied.seq,
+                term: applied.term,
+                outcome: applied.outcome,
+                duplicate: applied.duplicate,
+            }
+        });
         let outcome = match &result {
             Ok(r) if r.duplicate => "duplicate",
             Ok(r) if r.outcome.is_success() => "ok",

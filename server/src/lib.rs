@@ -148,6 +148,7 @@ pub async fn run(
             metrics: metrics.clone(),
             last_seq: last_seq.clone(),
             retention: args.retention,
+            max_batch: args.max_batch,
         }
         .run(),
     );

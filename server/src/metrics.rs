@@ -35,6 +35,7 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     pub live_peers: Gauge,
     pub fenced: Counter,
+    pub batch_size: Histogram,
 }
 
 impl Metrics {
@@ -53,6 +54,10 @@ impl Metrics {
         let queue_depth = Gauge::default();
         let live_peers = Gauge::default();
         let fenced = Counter::default();
+        // 1 to 512 commands.
+        let batch_size = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 10),
+        );
         registry.register(
             "role",
             "1 for this server's current election role",
@@ -89,6 +94,11 @@ impl Metrics {
             "Times this server found its term superseded",
             fenced.clone(),
         );
+        registry.register(
+            "batch_size",
+            "Commands per store operation (group commit)",
+            batch_size.clone(),
+        );
         Metrics {
             registry,
             role,
@@ -99,6 +109,7 @@ impl Metrics {
             queue_depth,
             live_peers,
             fenced,
+            batch_size,
         }
     }
 

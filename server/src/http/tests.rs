@@ -60,6 +60,7 @@ async fn harness(queue: usize, run_executor: bool) -> Harness {
         metrics: metrics.clone(),
         last_seq: last_seq.clone(),
         retention: Duration::from_secs(3600),
+        max_batch: 16,
     };
     if run_executor {
         tokio::spawn(executor.run());

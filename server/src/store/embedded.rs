@@ -1,9 +1,12 @@
 //! Embedded backend: SQLite in WAL mode, the local default.
 //!
-//! Several server processes on one machine share one database file: every claim and every apply
-//! runs in a `BEGIN IMMEDIATE` transaction, which takes SQLite's write lock at the start, so the
-//! term check, the effect and the command record commit atomically and in one global order
-//! across processes. The busy timeout makes a process wait for the lock instead of failing.
+//! Several server processes on one machine share one database file: every claim and every batch
+//! that writes runs in a `BEGIN IMMEDIATE` transaction, which takes SQLite's write lock at the
+//! start, so the term check, the effects and the command records commit atomically and in one
+//! global order across processes, with one fsync for the whole batch. A batch of reads only
+//! runs in a read transaction: its snapshot holds the fence it checks and the values it reads,
+//! and nothing is written or synced. The busy timeout makes a process wait for the lock instead
+//! of failing.
 //!
 //! # Schema
 //! - `fence(id = 1, term, holder, seq)`: the one fencing record.
@@ -15,12 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bully_client::{Command, Entry};
+use bully_client::Entry;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use serde_json::Value;
 
-use super::logic::{self, Effect, ListQuery};
-use super::{Applied, FenceState, Record, Result, Store, StoreError};
+use super::logic::{self, ListQuery, Snapshot};
+use super::{Applied, FenceState, Op, Record, Result, Store, StoreError};
 
 /// How long a process waits for another one's write lock before reporting the store unavailable.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -144,18 +146,16 @@ fn fence(tx: &rusqlite::Transaction<'_>) -> Result<FenceState> {
 
 fn load_record(conn: &Connection, id: &str) -> Result<Option<(Record, String)>> {
     let row = conn
-        .query_row(
-            "SELECT seq, term, outcome, fingerprint FROM commands WHERE id = ?1",
-            [id],
-            |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, String>(3)?,
-                ))
-            },
-        )
+        .prepare_cached("SELECT seq, term, outcome, fingerprint FROM commands WHERE id = ?1")
+        .map_err(sql)?
+        .query_row([id], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+            ))
+        })
         .optional()
         .map_err(sql)?;
     match row {
@@ -172,10 +172,16 @@ fn load_record(conn: &Connection, id: &str) -> Result<Option<(Record, String)>> 
     }
 }
 
-fn apply_in(conn: &mut Connection, term: u64, id: &str, command: &Command) -> Result<Applied> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(sql)?;
+/// One batch in one transaction: `BEGIN IMMEDIATE` (the write lock, held to the commit) when
+/// it writes, a plain read transaction (a consistent snapshot, no fsync) when it only reads.
+fn apply_batch_in(conn: &mut Connection, term: u64, ops: &[Op]) -> Result<Vec<Result<Applied>>> {
+    let writes = ops.iter().any(|op| !op.command.is_read());
+    let behavior = if writes {
+        TransactionBehavior::Immediate
+    } else {
+        TransactionBehavior::Deferred
+    };
+    let tx = conn.transaction_with_behavior(behavior).map_err(sql)?;
     let state = fence(&tx)?;
     // Term 0 is the state before any claim: nobody holds it.
     if state.term != term || term == 0 {
@@ -184,81 +190,77 @@ fn apply_in(conn: &mut Connection, term: u64, id: &str, command: &Command) -> Re
             current: state.term,
         });
     }
-    let fingerprint = logic::fingerprint(command);
-    if !command.is_read()
-        && let Some((record, stored)) = load_record(&tx, id)?
-    {
-        if stored != fingerprint {
-            return Err(StoreError::IdConflict { id: id.to_string() });
+    let mut snapshot = Snapshot::default();
+    for op in ops {
+        if !op.command.is_read()
+            && !snapshot.records.contains_key(&op.id)
+            && let Some(found) = load_record(&tx, &op.id)?
+        {
+            snapshot.records.insert(op.id.clone(), found);
         }
-        return Ok(Applied {
-            seq: record.seq,
-            term: record.term,
-            outcome: record.outcome,
-            duplicate: true,
-        });
-    }
-    let seq = state.seq + 1;
-    let outcome = match ListQuery::from_command(command, bully_client::DEFAULT_MAX_PAGE) {
-        Some(query) => logic::page(&query, list(&tx, &query)?),
-        None => {
-            let key = logic::key_of(command).unwrap_or_default();
-            let current: Option<Value> = tx
-                .query_row("SELECT value FROM kv WHERE key = ?1", [key], |row| {
-                    row.get::<_, String>(0)
-                })
-                .optional()
+        if let Some(key) = logic::key_of(&op.command)
+            && !snapshot.values.contains_key(key)
+        {
+            let stored = tx
+                .prepare_cached("SELECT value FROM kv WHERE key = ?1")
                 .map_err(sql)?
-                .map(|text| parse(&text, "stored value"))
-                .transpose()?;
-            let (outcome, effect) = logic::evaluate(command, current.as_ref());
-            match effect {
-                Effect::None => {}
-                Effect::Set(value) => {
-                    tx.execute(
-                        "INSERT INTO kv (key, value) VALUES (?1, ?2)
-                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                        params![key, value.to_string()],
-                    )
-                    .map_err(sql)?;
-                }
-                Effect::Remove => {
-                    tx.execute("DELETE FROM kv WHERE key = ?1", [key])
-                        .map_err(sql)?;
-                }
+                .query_row([key], |row| row.get::<_, String>(0))
+                .optional()
+                .map_err(sql)?;
+            if let Some(text) = stored {
+                snapshot
+                    .values
+                    .insert(key.to_string(), parse(&text, "stored value")?);
             }
-            outcome
         }
-    };
-    tx.execute("UPDATE fence SET seq = ?1 WHERE id = 1", [seq as i64])
-        .map_err(sql)?;
-    if !command.is_read() {
-        let outcome_text = serde_json::to_string(&outcome)
-            .map_err(|e| StoreError::Corrupt(format!("outcome: {e}")))?;
-        tx.execute(
+    }
+    for (query, n) in logic::list_scans(ops) {
+        snapshot.lists.push(scan(&tx, &query, n)?);
+    }
+    let plan = logic::plan_batch(term, state.seq, ops, &snapshot)?;
+    for (key, value) in &plan.values {
+        match value {
+            Some(value) => tx
+                .prepare_cached(
+                    "INSERT INTO kv (key, value) VALUES (?1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )
+                .and_then(|mut s| s.execute(params![key, value.to_string()]))
+                .map_err(sql)?,
+            None => tx
+                .prepare_cached("DELETE FROM kv WHERE key = ?1")
+                .and_then(|mut s| s.execute([key]))
+                .map_err(sql)?,
+        };
+    }
+    let now = super::now_ms();
+    for new in &plan.records {
+        tx.prepare_cached(
             "INSERT INTO commands (id, seq, term, fingerprint, outcome, at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                id,
-                seq as i64,
-                term as i64,
-                fingerprint,
-                outcome_text,
-                super::now_ms()
-            ],
         )
+        .and_then(|mut s| {
+            s.execute(params![
+                new.record.id,
+                new.record.seq as i64,
+                new.record.term as i64,
+                new.fingerprint,
+                new.outcome_json,
+                now
+            ])
+        })
         .map_err(sql)?;
     }
+    if plan.seq != state.seq {
+        tx.execute("UPDATE fence SET seq = ?1 WHERE id = 1", [plan.seq as i64])
+            .map_err(sql)?;
+    }
     tx.commit().map_err(sql)?;
-    Ok(Applied {
-        seq,
-        term,
-        outcome,
-        duplicate: false,
-    })
+    Ok(plan.results)
 }
 
-fn list(tx: &rusqlite::Transaction<'_>, query: &ListQuery) -> Result<Vec<Entry>> {
+/// Up to `n` stored entries of `query`'s range, in key order.
+fn scan(tx: &rusqlite::Transaction<'_>, query: &ListQuery, n: usize) -> Result<Vec<Entry>> {
     // SQLite compares TEXT with memcmp (BINARY collation), the same order as Rust's `str`.
     // Range scan from max(prefix, after) and stop at the first key outside the prefix.
     let start = match &query.after {
@@ -270,7 +272,9 @@ fn list(tx: &rusqlite::Transaction<'_>, query: &ListQuery) -> Result<Vec<Entry>>
         .map_err(sql)?;
     let mut rows = stmt.query([start]).map_err(sql)?;
     let mut entries = Vec::new();
-    while let Some(row) = rows.next().map_err(sql)? {
+    while entries.len() < n
+        && let Some(row) = rows.next().map_err(sql)?
+    {
         let key: String = row.get(0).map_err(sql)?;
         if !key.starts_with(&query.prefix) {
             break;
@@ -283,9 +287,6 @@ fn list(tx: &rusqlite::Transaction<'_>, query: &ListQuery) -> Result<Vec<Entry>>
             key,
             value: parse(&value, "stored value")?,
         });
-        if entries.len() > query.limit {
-            break;
-        }
     }
     Ok(entries)
 }
@@ -310,10 +311,9 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn apply(&self, term: u64, id: &str, command: &Command) -> Result<Applied> {
-        let id = id.to_string();
-        let command = command.clone();
-        self.with_conn(move |conn| apply_in(conn, term, &id, &command))
+    async fn apply_batch(&self, term: u64, ops: &[Op]) -> Result<Vec<Result<Applied>>> {
+        let ops = ops.to_vec();
+        self.with_conn(move |conn| apply_batch_in(conn, term, &ops))
             .await
     }
 
@@ -372,19 +372,51 @@ mod tests {
         }
     }
 
+    /// Fresh files in one directory; poisoning installs a trigger that aborts a write of
+    /// [`conformance::POISON`] in the latest one.
+    struct Files {
+        dir: tempfile::TempDir,
+        cases: std::sync::atomic::AtomicU32,
+    }
+
+    impl Files {
+        fn latest(&self) -> PathBuf {
+            let n = self.cases.load(std::sync::atomic::Ordering::SeqCst);
+            self.dir.path().join(format!("case-{}.db", n - 1))
+        }
+    }
+
+    #[async_trait]
+    impl conformance::Backend for Files {
+        async fn fresh(&self) -> conformance::Pair {
+            let n = self.cases.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let path = self.dir.path().join(format!("case-{n}.db"));
+            let a: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&path).unwrap());
+            let b: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&path).unwrap());
+            (a, b)
+        }
+
+        async fn poison(&self, on: bool) {
+            let conn = Connection::open(self.latest()).unwrap();
+            let sql = if on {
+                format!(
+                    "CREATE TRIGGER poison BEFORE INSERT ON kv WHEN NEW.key = '{}'
+                     BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
+                    conformance::POISON
+                )
+            } else {
+                "DROP TRIGGER poison".to_string()
+            };
+            conn.execute_batch(&sql).unwrap();
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn embedded_backend_conforms() {
-        let dir = tempfile::tempdir().unwrap();
-        let counter = std::sync::atomic::AtomicU32::new(0);
-        conformance::run_all(|| {
-            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let path = dir.path().join(format!("case-{n}.db"));
-            async move {
-                let a: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&path).unwrap());
-                let b: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&path).unwrap());
-                (a, b)
-            }
-        })
-        .await;
+        let files = Files {
+            dir: tempfile::tempdir().unwrap(),
+            cases: Default::default(),
+        };
+        conformance::run_all(&files).await;
     }
 }

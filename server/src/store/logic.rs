@@ -1,11 +1,17 @@
 //! What a command does, independent of where the data lives.
 //!
-//! A backend reads the current value of the command's key (or a range for `list`), calls
-//! [`evaluate`], writes the returned [`Effect`] and stores the [`Outcome`], all in one atomic
-//! operation. Keeping the semantics here means every backend answers identically.
+//! A backend applies a batch in one atomic operation: it checks the fence, reads the records of
+//! the batch's write ids and the values of the keys it touches ([`Snapshot`]), lets
+//! [`plan_batch`] work out every result exactly as one-at-a-time execution would, and writes
+//! the [`Plan`]'s values, records and sequence number. Keeping the semantics here means every
+//! backend answers identically; [`evaluate`] is what one command does to its key.
+
+use std::collections::{BTreeMap, HashMap};
 
 use bully_client::{Command, Entry, Outcome};
 use serde_json::Value;
+
+use super::{Applied, Record, StoreError};
 
 /// The change a command makes to its key.
 #[derive(Clone, Debug, PartialEq)]
@@ -118,6 +124,199 @@ impl ListQuery {
     pub fn matches(&self, key: &str) -> bool {
         key.starts_with(&self.prefix) && self.after.as_deref().is_none_or(|after| key > after)
     }
+}
+
+/// What a batch reads from the store before it is planned: the stored records of its write
+/// ids (with their fingerprints), the current values of the keys its single-key commands
+/// touch (a key or id absent from the maps is absent from the store), and for each `list` in
+/// the batch, in order, the stored entries of the scan [`list_scans`] asks for.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub records: HashMap<String, (Record, String)>,
+    pub values: HashMap<String, Value>,
+    pub lists: Vec<Vec<Entry>>,
+}
+
+/// The scans a batch's `list` commands need, in order: each query's range, and how many
+/// stored entries to read (the page plus one, plus one for every write before it in the
+/// batch, which may have removed a key of the range).
+pub fn list_scans(ops: &[Op]) -> Vec<(ListQuery, usize)> {
+    let mut writes = 0;
+    let mut scans = Vec::new();
+    for op in ops {
+        if let Some(query) = ListQuery::from_command(&op.command, bully_client::DEFAULT_MAX_PAGE) {
+            let n = query.limit + 1 + writes;
+            scans.push((query, n));
+        } else if !op.command.is_read() {
+            writes += 1;
+        }
+    }
+    scans
+}
+
+/// The writes a planned batch leaves to the backend, and every command's result.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Per command, in order: the result, or [`StoreError::IdConflict`] (nothing applied).
+    pub results: Vec<Result<Applied, StoreError>>,
+    /// The final value of every key the batch changed (`None`: removed).
+    pub values: BTreeMap<String, Option<Value>>,
+    /// New command records, in sequence order.
+    pub records: Vec<NewRecord>,
+    /// The fence's sequence number after the batch.
+    pub seq: u64,
+}
+
+/// A command record to store.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewRecord {
+    pub record: Record,
+    pub fingerprint: String,
+    /// The outcome as the JSON text backends store.
+    pub outcome_json: String,
+}
+
+/// One command of a batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Op {
+    pub id: String,
+    pub command: Command,
+}
+
+/// Plans a batch exactly as applying its commands one after another would: each write gets the
+/// next sequence number and sees the writes before it (a repeated id inside the batch is a
+/// duplicate of its first occurrence); a read reports the sequence number of the last write
+/// before it and takes none. A `list` sees the batch's earlier writes laid over its stored
+/// scan, so backends only read and write, never interpret.
+pub fn plan_batch(
+    term: u64,
+    start_seq: u64,
+    ops: &[Op],
+    snapshot: &Snapshot,
+) -> Result<Plan, StoreError> {
+    let mut plan = Plan {
+        seq: start_seq,
+        ..Plan::default()
+    };
+    let mut lists = snapshot.lists.iter();
+    // Records written earlier in this batch, by id.
+    let mut written: HashMap<&str, usize> = HashMap::new();
+    for op in ops {
+        let applied = |seq, outcome| Applied {
+            seq,
+            term,
+            outcome,
+            duplicate: false,
+        };
+        let fingerprint = if op.command.is_read() {
+            String::new()
+        } else {
+            fingerprint(&op.command)
+        };
+        if !op.command.is_read() {
+            let earlier = written
+                .get(op.id.as_str())
+                .map(|&i| {
+                    (
+                        &plan.records[i].record,
+                        plan.records[i].fingerprint.as_str(),
+                    )
+                })
+                .or_else(|| {
+                    snapshot
+                        .records
+                        .get(&op.id)
+                        .map(|(record, fp)| (record, fp.as_str()))
+                });
+            if let Some((record, stored)) = earlier {
+                plan.results.push(if stored == fingerprint {
+                    Ok(Applied {
+                        seq: record.seq,
+                        term: record.term,
+                        outcome: record.outcome.clone(),
+                        duplicate: true,
+                    })
+                } else {
+                    Err(StoreError::IdConflict { id: op.id.clone() })
+                });
+                continue;
+            }
+        }
+        let outcome = match ListQuery::from_command(&op.command, bully_client::DEFAULT_MAX_PAGE) {
+            Some(query) => {
+                let stored = lists.next().ok_or_else(|| {
+                    StoreError::Corrupt("a list of the batch was not scanned".into())
+                })?;
+                page(&query, merged_list(&query, &plan.values, stored))
+            }
+            None => {
+                let key = key_of(&op.command).unwrap_or_default();
+                let current = match plan.values.get(key) {
+                    Some(changed) => changed.as_ref(),
+                    None => snapshot.values.get(key),
+                };
+                let (outcome, effect) = evaluate(&op.command, current);
+                match effect {
+                    Effect::None => {}
+                    Effect::Set(value) => {
+                        plan.values.insert(key.to_string(), Some(value));
+                    }
+                    Effect::Remove => {
+                        plan.values.insert(key.to_string(), None);
+                    }
+                }
+                outcome
+            }
+        };
+        if op.command.is_read() {
+            plan.results.push(Ok(applied(plan.seq, outcome)));
+            continue;
+        }
+        plan.seq += 1;
+        let outcome_json = serde_json::to_string(&outcome)
+            .map_err(|e| StoreError::Corrupt(format!("outcome: {e}")))?;
+        written.insert(&op.id, plan.records.len());
+        plan.records.push(NewRecord {
+            record: Record {
+                id: op.id.clone(),
+                seq: plan.seq,
+                term,
+                outcome: outcome.clone(),
+            },
+            fingerprint,
+            outcome_json,
+        });
+        plan.results.push(Ok(applied(plan.seq, outcome)));
+    }
+    Ok(plan)
+}
+
+/// Up to `limit + 1` entries of `query`'s range: the stored scan, with the batch's changes laid
+/// over it. The scan holds `limit + 1` entries plus one per earlier write of the batch (or all
+/// of the range, if fewer), so every stored key below the last one returned is in it even if
+/// those writes removed keys of the range.
+fn merged_list(
+    query: &ListQuery,
+    changed: &BTreeMap<String, Option<Value>>,
+    stored: &[Entry],
+) -> Vec<Entry> {
+    let in_range: Vec<(&String, &Option<Value>)> =
+        changed.iter().filter(|(k, _)| query.matches(k)).collect();
+    let mut merged: BTreeMap<String, Value> = stored
+        .iter()
+        .map(|e| (e.key.clone(), e.value.clone()))
+        .collect();
+    for (key, value) in in_range {
+        match value {
+            Some(value) => merged.insert(key.clone(), value.clone()),
+            None => merged.remove(key),
+        };
+    }
+    merged
+        .into_iter()
+        .take(query.limit + 1)
+        .map(|(key, value)| Entry { key, value })
+        .collect()
 }
 
 /// Builds a page from up to `limit + 1` matching entries in key order.

@@ -4,13 +4,18 @@
 //! ([`conformance`]) run against each:
 //!
 //! - **Terms fence coordinators.** [`Store::claim_term`] atomically increments one record and
-//!   returns the new term. [`Store::apply`] succeeds only while its term is still the current one,
-//!   checked in the same atomic operation as the effect, so a deposed coordinator can never
-//!   commit.
+//!   returns the new term. [`Store::apply_batch`] succeeds only while its term is still the
+//!   current one, checked in the same atomic operation as the effects, so a deposed coordinator
+//!   can never commit (nor read: a read-only batch checks the fence in its snapshot).
 //! - **Exactly-once.** A write's result is stored with its effect, keyed by the command id; applying
 //!   the same id again returns the stored result (`duplicate = true`) without a second effect.
-//! - **One order.** Every applied command gets the next sequence number from the same record as
-//!   the term, so numbers increase strictly across terms.
+//! - **One order.** Every applied write gets the next sequence number from the same record as
+//!   the term, so numbers increase strictly across terms; a read reports the sequence number of
+//!   the last write it reflects (as etcd's revisions do) and takes none, so reads need no
+//!   durable write.
+//! - **Group commit.** A batch is applied in one atomic operation with the results, sequence
+//!   numbers and exactly-once behaviour of applying its commands one after another
+//!   ([`logic::plan_batch`] works them out for every backend).
 //!
 //! # Layout
 //! - [`embedded`]: SQLite in WAL mode; several processes on one machine may share one file.
@@ -26,6 +31,8 @@ pub mod mongo;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
+
+pub use logic::Op;
 
 /// What [`Store::apply`] returns.
 #[derive(Clone, Debug, PartialEq)]
@@ -57,7 +64,7 @@ pub struct Record {
     pub outcome: Outcome,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// The term passed to `apply` is not current: this attempt applied nothing. (An earlier
     /// attempt whose commit result was lost may have; a retry with the same id is safe either
@@ -85,10 +92,26 @@ pub trait Store: Send + Sync + 'static {
     /// returns the new term.
     async fn claim_term(&self, holder: &str) -> Result<u64>;
 
-    /// Applies `command` under `term`: fenced (fails with [`StoreError::Fenced`] and no effect
-    /// unless `term` is current) and exactly-once by `id` (writes only: reads are not recorded,
-    /// since repeating them changes nothing).
-    async fn apply(&self, term: u64, id: &str, command: &Command) -> Result<Applied>;
+    /// Applies `ops` in order under `term`, in one atomic operation: fenced (fails with
+    /// [`StoreError::Fenced`] and no effect unless `term` is current), exactly-once by id
+    /// (writes only: reads are not recorded, since repeating them changes nothing). Each
+    /// command's result is what applying the commands one after another would give; the only
+    /// per-command error is [`StoreError::IdConflict`] (that command applies nothing, the
+    /// others do). Any other error is the whole batch's: nothing applied (`Fenced`,
+    /// `Corrupt`), or unknown (`Unavailable`; retrying the same ids is safe).
+    async fn apply_batch(&self, term: u64, ops: &[Op]) -> Result<Vec<Result<Applied>>>;
+
+    /// Applies one command: a batch of one.
+    async fn apply(&self, term: u64, id: &str, command: &Command) -> Result<Applied> {
+        let op = Op {
+            id: id.to_string(),
+            command: command.clone(),
+        };
+        let mut results = self.apply_batch(term, std::slice::from_ref(&op)).await?;
+        results
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Corrupt("a batch of one gave no result".into())))
+    }
 
     /// The fencing record as it is now.
     async fn fence_state(&self) -> Result<FenceState>;

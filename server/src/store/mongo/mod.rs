@@ -15,12 +15,15 @@
 //!   an index for [`Store::expire`].
 //!
 //! # Fencing and exactly-once
-//! [`Store::apply`] is one multi-document transaction whose first statement increments `seq` on
-//! the fence document *filtered on the caller's term*: if the term moved on, nothing matches and
-//! the transaction is aborted. Every apply and claim writes that one document, so they cannot
-//! interleave (a transaction that loses gets `WriteConflict` and is retried; a claim waits for
-//! an open transaction): the term check, the effect and the command record commit atomically,
-//! in one global order.
+//! [`Store::apply_batch`] is one multi-document transaction at a snapshot: it reads the fence
+//! document *filtered on the caller's term* (nothing matches once the term moved on: fenced,
+//! and aborted), and a batch that writes ends by setting the fence's `seq`, again filtered on
+//! the term. Every such batch and every claim writes that one document, so they cannot
+//! interleave: a claim committed after the batch's snapshot makes the batch's fence update a
+//! `WriteConflict`, and the retry sees the newer term. The term check, the effects and the
+//! command records commit atomically, in one global order. A batch of reads only writes
+//! nothing: its snapshot (majority-committed, read at the primary) holds the fence it checked
+//! and the values it read.
 //!
 //! # Retries
 //! Transient failures (failover, step-down, network, write conflicts) are retried with backoff
@@ -33,7 +36,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bully_client::{Command, Entry};
+use bully_client::Entry;
 use futures::TryStreamExt;
 use mongodb::bson::{Bson, DateTime, Document, doc};
 use mongodb::error::Error as DriverError;
@@ -45,8 +48,8 @@ use tokio::time::Instant;
 mod errors;
 
 use self::errors::{Attempt, Fail, MAX_BACKOFF, MIN_BACKOFF, code, commit, describe, is_transient};
-use super::logic::{self, Effect, ListQuery};
-use super::{Applied, FenceState, Record, Result, Store, StoreError};
+use super::logic::{self, ListQuery, Snapshot};
+use super::{Applied, FenceState, Op, Record, Result, Store, StoreError};
 
 const FENCE_ID: &str = "fence";
 
@@ -198,8 +201,11 @@ impl MongoStore {
         Ok(int(&fence, "term")?)
     }
 
-    /// One transaction of [`Store::apply`].
-    async fn apply_once(&self, term: u64, id: &str, command: &Command) -> Attempt<Applied> {
+    /// One transaction of [`Store::apply_batch`]: the fence check, one query each for the
+    /// batch's records and values (and one per `list`), then one delete and one insert of the
+    /// changed values, one insert of the new records and one fence update, whatever the batch's
+    /// size.
+    async fn apply_batch_once(&self, term: u64, ops: &[Op]) -> Attempt<Vec<Result<Applied>>> {
         let mut session = self.client.start_session().await?;
         session
             .start_transaction()
@@ -211,8 +217,7 @@ impl MongoStore {
         let fenced = doc! { "_id": FENCE_ID, "term": term as i64 };
         let Some(fence) = self
             .fence
-            .find_one_and_update(fenced, doc! { "$inc": { "seq": 1_i64 } })
-            .return_document(ReturnDocument::After)
+            .find_one(fenced.clone())
             .session(&mut session)
             .await?
         else {
@@ -223,72 +228,120 @@ impl MongoStore {
             }
             .into());
         };
-        let seq = int(&fence, "seq")?;
-        let fingerprint = logic::fingerprint(command);
-        if !command.is_read()
-            && let Some((record, stored)) = self.load_record(id, Some(&mut session)).await?
-        {
-            if stored != fingerprint {
-                return Err(StoreError::IdConflict { id: id.to_string() }.into());
+        let start_seq = int(&fence, "seq")?;
+        let mut snapshot = Snapshot::default();
+        let mut ids: Vec<&str> = ops
+            .iter()
+            .filter(|op| !op.command.is_read())
+            .map(|op| op.id.as_str())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if !ids.is_empty() {
+            let docs: Vec<Document> = self
+                .commands
+                .find(doc! { "_id": { "$in": &ids } })
+                .session(&mut session)
+                .await?
+                .stream(&mut session)
+                .try_collect()
+                .await?;
+            for doc in &docs {
+                let (record, fingerprint) = record_of(doc)?;
+                snapshot
+                    .records
+                    .insert(record.id.clone(), (record, fingerprint));
             }
-            let (seq, term, outcome) = (record.seq, record.term, record.outcome);
-            return Ok(Applied {
-                seq,
-                term,
-                outcome,
-                duplicate: true,
-            });
         }
-        let outcome = match ListQuery::from_command(command, bully_client::DEFAULT_MAX_PAGE) {
-            Some(query) => logic::page(&query, self.list(&query, &mut session).await?),
-            None => {
-                let key = logic::key_of(command).unwrap_or_default();
-                let found = self
-                    .kv
-                    .find_one(doc! { "_id": key })
-                    .session(&mut session)
-                    .await?;
-                let current = found.map(|doc| value_of(&doc)).transpose()?;
-                let (outcome, effect) = logic::evaluate(command, current.as_ref());
-                match effect {
-                    Effect::None => {}
-                    Effect::Set(value) => {
-                        let doc = doc! { "_id": key, "value": value.to_string() };
-                        let replace = self.kv.replace_one(doc! { "_id": key }, doc).upsert(true);
-                        replace.session(&mut session).await?;
-                    }
-                    Effect::Remove => {
-                        let delete = self.kv.delete_one(doc! { "_id": key });
-                        delete.session(&mut session).await?;
-                    }
-                }
-                outcome
+        let mut keys: Vec<&str> = ops
+            .iter()
+            .filter_map(|op| logic::key_of(&op.command))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        if !keys.is_empty() {
+            let docs: Vec<Document> = self
+                .kv
+                .find(doc! { "_id": { "$in": &keys } })
+                .session(&mut session)
+                .await?
+                .stream(&mut session)
+                .try_collect()
+                .await?;
+            for doc in &docs {
+                snapshot
+                    .values
+                    .insert(text(doc, "_id")?.to_string(), value_of(doc)?);
             }
-        };
-        if !command.is_read() {
-            let outcome_text = serde_json::to_string(&outcome)
-                .map_err(|e| StoreError::Corrupt(format!("outcome: {e}")))?;
-            let record = doc! {
-                "_id": id, "seq": seq as i64, "term": term as i64, "fingerprint": fingerprint,
-                "outcome": outcome_text, "at": DateTime::from_millis(super::now_ms()),
-            };
+        }
+        for (query, n) in logic::list_scans(ops) {
+            snapshot
+                .lists
+                .push(self.scan(&query, n, &mut session).await?);
+        }
+        let plan = logic::plan_batch(term, start_seq, ops, &snapshot)?;
+        if !plan.values.is_empty() {
+            let changed: Vec<&str> = plan.values.keys().map(String::as_str).collect();
+            self.kv
+                .delete_many(doc! { "_id": { "$in": &changed } })
+                .session(&mut session)
+                .await?;
+            let set: Vec<Document> = plan
+                .values
+                .iter()
+                .filter_map(|(key, value)| {
+                    value
+                        .as_ref()
+                        .map(|v| doc! { "_id": key, "value": v.to_string() })
+                })
+                .collect();
+            if !set.is_empty() {
+                self.kv.insert_many(set).session(&mut session).await?;
+            }
+        }
+        if !plan.records.is_empty() {
+            let at = DateTime::from_millis(super::now_ms());
+            let records = plan.records.iter().map(|new| {
+                doc! {
+                    "_id": &new.record.id, "seq": new.record.seq as i64,
+                    "term": new.record.term as i64, "fingerprint": &new.fingerprint,
+                    "outcome": &new.outcome_json, "at": at,
+                }
+            });
             self.commands
-                .insert_one(record)
+                .insert_many(records)
                 .session(&mut session)
                 .await?;
         }
+        if plan.seq != start_seq {
+            // Filtered on the term: a claim that committed since this transaction's snapshot
+            // makes it a write conflict, and the retry finds the newer term.
+            let updated = self
+                .fence
+                .update_one(fenced, doc! { "$set": { "seq": plan.seq as i64 } })
+                .session(&mut session)
+                .await?;
+            if updated.matched_count != 1 {
+                let current = self.read_fence(Some(&mut session)).await?.term;
+                return Err(StoreError::Fenced {
+                    mine: term,
+                    current,
+                }
+                .into());
+            }
+        }
         commit(&mut session).await?;
-        Ok(Applied {
-            seq,
-            term,
-            outcome,
-            duplicate: false,
-        })
+        Ok(plan.results)
     }
 
-    /// Keys of `query`'s range in `_id` order. MongoDB compares strings bytewise (no collation
-    /// is set), which is UTF-8 byte order: the same as Rust's `str` ordering.
-    async fn list(&self, query: &ListQuery, session: &mut ClientSession) -> Attempt<Vec<Entry>> {
+    /// Up to `n` entries of `query`'s range in `_id` order. MongoDB compares strings bytewise
+    /// (no collation is set), which is UTF-8 byte order: the same as Rust's `str` ordering.
+    async fn scan(
+        &self,
+        query: &ListQuery,
+        n: usize,
+        session: &mut ClientSession,
+    ) -> Attempt<Vec<Entry>> {
         let mut range = match &query.after {
             Some(after) if *after >= query.prefix => doc! { "$gt": after },
             _ => doc! { "$gte": &query.prefix },
@@ -300,7 +353,7 @@ impl MongoStore {
             .kv
             .find(doc! { "_id": range })
             .sort(doc! { "_id": 1 })
-            .limit(query.limit as i64 + 1)
+            .limit(n as i64)
             .session(&mut *session)
             .await?
             .stream(session)
@@ -349,15 +402,7 @@ impl MongoStore {
             None => find.await?,
         };
         let Some(doc) = found else { return Ok(None) };
-        let outcome = serde_json::from_str(text(&doc, "outcome")?)
-            .map_err(|e| StoreError::Corrupt(format!("stored outcome of {id}: {e}")))?;
-        let record = Record {
-            id: id.to_string(),
-            seq: int(&doc, "seq")?,
-            term: int(&doc, "term")?,
-            outcome,
-        };
-        Ok(Some((record, text(&doc, "fingerprint")?.to_string())))
+        Ok(Some(record_of(&doc)?))
     }
 }
 
@@ -370,14 +415,17 @@ impl Store for MongoStore {
             .await
     }
 
-    async fn apply(&self, term: u64, id: &str, command: &Command) -> Result<Applied> {
+    async fn apply_batch(&self, term: u64, ops: &[Op]) -> Result<Vec<Result<Applied>>> {
         if term == 0 {
             // Term 0 is the store's state before any claim: nobody holds it.
             let current = self.fence_state().await?.term;
             return Err(StoreError::Fenced { mine: 0, current });
         }
-        let what = format!("apply {id}");
-        self.retrying(&what, || self.apply_once(term, id, command))
+        let what = match ops {
+            [op] => format!("apply {}", op.id),
+            _ => format!("apply a batch of {}", ops.len()),
+        };
+        self.retrying(&what, || self.apply_batch_once(term, ops))
             .await
     }
 
@@ -412,6 +460,20 @@ fn int(doc: &Document, field: &str) -> Result<u64> {
         other => return Err(StoreError::Corrupt(format!("field {field} is {other:?}"))),
     };
     u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("field {field} is {n}")))
+}
+
+/// A stored command record and its fingerprint.
+fn record_of(doc: &Document) -> Result<(Record, String)> {
+    let id = text(doc, "_id")?;
+    let outcome = serde_json::from_str(text(doc, "outcome")?)
+        .map_err(|e| StoreError::Corrupt(format!("stored outcome of {id}: {e}")))?;
+    let record = Record {
+        id: id.to_string(),
+        seq: int(doc, "seq")?,
+        term: int(doc, "term")?,
+        outcome,
+    };
+    Ok((record, text(doc, "fingerprint")?.to_string()))
 }
 
 fn text<'a>(doc: &'a Document, field: &str) -> Result<&'a str> {

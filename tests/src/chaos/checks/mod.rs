@@ -6,10 +6,11 @@
 //! - **exactly-once**: every acknowledged write has its record in the store with the same seq,
 //!   term and outcome; each counter key's final value is the sum of the deltas of the
 //!   increments that have a record (nothing lost, nothing applied twice).
-//! - **order**: acknowledged sequence numbers are unique; terms never decrease as sequence
-//!   numbers increase; the sequence order respects real time (a command that completed before
-//!   another was invoked has the smaller number), which includes each client's program order;
-//!   and replaying the commands in sequence order reproduces every observed result.
+//! - **order**: the sequence numbers of acknowledged writes are unique (a read reports the seq
+//!   of the last write it reflects and is placed right after it); terms never decrease as
+//!   sequence numbers increase; the order respects real time (a command that completed before
+//!   another was invoked comes earlier), which includes each client's program order; and
+//!   replaying the commands in that order reproduces every observed result.
 //! - **terms**: from the logs, each term is claimed by one server process; a server executes
 //!   only under a term it claimed; it never answers with a newer term than its own; each
 //!   acknowledged fresh (non-duplicate) command was applied by the process that claimed its
@@ -175,23 +176,40 @@ fn exactly_once(evidence: &Evidence<'_>, out: &mut Vec<Violation>) {
 }
 
 fn order(history: &[OpRecord], resolved: &[Resolved], out: &mut Vec<Violation>) {
+    // A write's position in the one order is its seq; a read's is just after the write whose
+    // seq it reports (reads take no number of their own, and tie with each other).
+    let position = |r: &Resolved| r.seq.map(|seq| (seq, r.op.input.is_read()));
     let mut by_seq: Vec<&Resolved> = resolved.iter().filter(|r| r.seq.is_some()).collect();
-    by_seq.sort_by_key(|r| r.seq);
+    by_seq.sort_by_key(|r| position(r));
     let labelled = || {
         by_seq
             .iter()
+            .filter(|r| !r.op.input.is_read())
             .filter_map(|r| r.seq.map(|seq| (seq, r.term, describe(history, r.index))))
     };
     for message in invariants::seqs_unique(labelled().map(|(seq, _, label)| (seq, label))) {
         out.push(violation("order", message));
     }
-    let with_terms = labelled().filter_map(|(seq, term, label)| term.map(|t| (seq, t, label)));
-    for message in invariants::terms_follow_seqs(with_terms) {
+    let all = by_seq
+        .iter()
+        .filter_map(|r| Some((r.seq?, r.term?, describe(history, r.index))));
+    for message in invariants::terms_follow_seqs(all) {
         out.push(violation("order", message));
     }
-    // Real time: nothing with a higher seq may have completed before this one was invoked.
+    // Real time: nothing placed strictly later in the order may have completed before this one
+    // was invoked.
     let mut earliest_later: Option<(u64, usize)> = None;
+    let mut group: Vec<&Resolved> = Vec::new();
     for r in by_seq.iter().rev() {
+        if group.first().is_some_and(|g| position(g) != position(r)) {
+            for g in group.drain(..) {
+                if let Some(ret) = g.op.ret
+                    && earliest_later.is_none_or(|(t, _)| ret < t)
+                {
+                    earliest_later = Some((ret, g.index));
+                }
+            }
+        }
         if let Some((ret, later)) = earliest_later
             && ret < r.op.call
         {
@@ -199,18 +217,14 @@ fn order(history: &[OpRecord], resolved: &[Resolved], out: &mut Vec<Violation>) 
                 "order",
                 format!(
                     "seq order contradicts real time: {} completed before {} was invoked, but \
-                     has the higher seq",
+                     comes later in the order",
                     describe(history, later),
                     describe(history, r.index)
                 ),
             ));
             break;
         }
-        if let Some(ret) = r.op.ret
-            && earliest_later.is_none_or(|(t, _)| ret < t)
-        {
-            earliest_later = Some((ret, r.index));
-        }
+        group.push(r);
     }
     let ops: Vec<_> = by_seq.iter().map(|r| &r.op).collect();
     if let Err((position, value)) = replay_in_order(&ops) {

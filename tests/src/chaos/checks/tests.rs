@@ -189,6 +189,26 @@ fn a_seq_out_of_commit_order_is_caught_by_order() {
             .any(|v| v.check == "order" && v.message.contains("real time")),
         "{found:?}"
     );
+    // A read that reports a write's seq but completed before that write was invoked.
+    let mut case = good();
+    case.history[2].invoke_us = 11;
+    case.history[2].complete_us = Some(15);
+    let found = failing(&case);
+    assert!(
+        found
+            .iter()
+            .any(|v| v.check == "order" && v.message.contains("real time")),
+        "{found:?}"
+    );
+    // Two reads reporting one seq tie: no order between them is implied.
+    let mut case = good();
+    let mut second_read = case.history[2].clone();
+    second_read.id = "g2".into();
+    second_read.client = 1;
+    second_read.invoke_us = 52;
+    second_read.complete_us = Some(55);
+    case.history.insert(3, second_read);
+    assert_eq!(failing(&case), []);
     // A seq given to two commands.
     let mut case = good();
     if let OpResult::Ok { response } = &mut case.history[3].result {

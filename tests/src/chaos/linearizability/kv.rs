@@ -28,6 +28,13 @@ pub enum KvInput {
     Incr { delta: i64 },
 }
 
+impl KvInput {
+    /// True for commands that change nothing.
+    pub fn is_read(&self) -> bool {
+        matches!(self, KvInput::Get)
+    }
+}
+
 /// An observed result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]

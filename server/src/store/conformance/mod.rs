@@ -1,10 +1,15 @@
 //! The conformance suite every [`Store`] backend must pass.
 //!
-//! A backend's test calls [`run_all`] with a function that opens a fresh, empty store twice
-//! (two independent handles on the same data, as two server processes would have). Each case
-//! gets its own fresh store.
+//! A backend's test calls [`run_all`] with its [`Backend`]: a way to open a fresh, empty store
+//! twice (two independent handles on the same data, as two server processes would have), and
+//! a way to make it fail a batch midway. Each case gets its own fresh store.
+//!
+//! # Layout
+//! - this module: single commands — fencing, exactly-once, order, semantics, paging;
+//! - [`batch`]: group commit — a batch answers as one-at-a-time execution would (the same
+//!   command stream through both paths, compared result by result), a fenced batch applies
+//!   nothing, a repeated id inside a batch, a batch that fails midway.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use bully_client::{Command, Entry, Outcome};
@@ -12,19 +17,32 @@ use serde_json::json;
 
 use super::{Store, StoreError};
 
+mod batch;
+
 /// Two independent handles on one fresh, empty store.
 pub type Pair = (Arc<dyn Store>, Arc<dyn Store>);
 
+/// The key whose write [`Backend::poison`] makes fail.
+pub const POISON: &str = "poison";
+
+/// What the suite needs of a backend.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync {
+    /// Two independent handles on one fresh, empty store.
+    async fn fresh(&self) -> Pair;
+
+    /// From now on (`on`), or no longer, the most recent fresh store fails a batch that writes
+    /// the key [`POISON`], after part of its work, with an error that is not retried. (A
+    /// backend that cannot single out the key may fail any batch that writes.)
+    async fn poison(&self, on: bool);
+}
+
 /// Runs every case; panics (with the case's name) on the first violation.
-pub async fn run_all<F, Fut>(fresh: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Pair>,
-{
+pub async fn run_all(backend: &impl Backend) {
     macro_rules! case {
-        ($name:ident) => {
-            eprintln!("conformance: {}", stringify!($name));
-            $name(fresh().await).await;
+        ($($name:ident)::+) => {
+            eprintln!("conformance: {}", stringify!($($name)::+));
+            $($name)::+(backend.fresh().await).await;
         };
     }
     case!(terms_increase_by_one);
@@ -39,20 +57,26 @@ where
     case!(records_expire);
     case!(concurrent_claims_get_distinct_terms);
     case!(values_round_trip_exactly);
+    case!(batch::a_batch_answers_as_one_command_at_a_time_would);
+    case!(batch::a_fenced_batch_applies_nothing);
+    case!(batch::a_repeated_id_inside_a_batch_is_a_duplicate);
+    case!(batch::reads_in_a_batch_see_the_writes_before_them);
+    eprintln!("conformance: batch::a_batch_that_fails_midway_applies_nothing");
+    batch::a_batch_that_fails_midway_applies_nothing(backend).await;
 }
 
-fn put(key: &str, value: serde_json::Value) -> Command {
+pub(super) fn put(key: &str, value: serde_json::Value) -> Command {
     Command::Put {
         key: key.into(),
         value,
     }
 }
 
-fn get(key: &str) -> Command {
+pub(super) fn get(key: &str) -> Command {
     Command::Get { key: key.into() }
 }
 
-async fn read(store: &dyn Store, term: u64, key: &str) -> Outcome {
+pub(super) async fn read(store: &dyn Store, term: u64, key: &str) -> Outcome {
     store
         .apply(term, &bully_client::new_command_id(), &get(key))
         .await
@@ -148,7 +172,12 @@ async fn sequence_numbers_increase_across_terms((a, b): Pair) {
                 .apply(term, &format!("s{round}-{i}"), &command)
                 .await
                 .unwrap();
-            assert!(applied.seq > last, "seq {} after {last}", applied.seq);
+            if command.is_read() {
+                // A read takes no number: it reports the last write's, which it reflects.
+                assert_eq!(applied.seq, last, "a read's seq");
+            } else {
+                assert!(applied.seq > last, "seq {} after {last}", applied.seq);
+            }
             last = applied.seq;
         }
     }
