@@ -91,6 +91,7 @@ impl ElectionDriver {
         match event {
             Event::Peer(envelope) => self.node.step(envelope, now),
             Event::Peers(peers) => self.node.set_peers(peers, now),
+            Event::Unreachable(addr) => self.node.unreachable(&addr, now),
             Event::Claimed(term) => {
                 info!(term, "claimed term");
                 self.node.claimed(term, now)

@@ -163,6 +163,7 @@ pub async fn run(
     let transport = peers::transport::Transport::new(
         token.as_ref().map(|t| t.secret()),
         timings.peer_message_ttl,
+        events_tx.clone(),
     );
     let election = election::Config::new(&timings, expected_servers);
     let mut driver = tokio::spawn(

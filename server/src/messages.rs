@@ -21,6 +21,8 @@ pub enum Event {
     Peer(Envelope),
     /// Discovery's current peer list.
     Peers(Vec<String>),
+    /// The peer at this address refused a connection.
+    Unreachable(String),
     /// The store granted this term.
     Claimed(u64),
     /// The claim did not go through.

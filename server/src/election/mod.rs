@@ -7,8 +7,13 @@
 //! executor may run, so the simulation (`sim.rs`) tests the same rules the servers run.
 //!
 //! # Rules
-//! - Every server broadcasts a heartbeat (its role, term and the coordinator it follows) every
-//!   `heartbeat_interval`; a peer is *live* while heard within `heartbeat_timeout`.
+//! - Every `heartbeat_interval` the coordinator heartbeats every peer, listing the peers it
+//!   hears; a follower heartbeats only the coordinator; everyone else (candidates, new servers)
+//!   heartbeats every peer. So steady-state traffic is 2(N-1) messages per interval, not
+//!   N(N-1). A peer is *live* while heard within `heartbeat_timeout`, directly or through the
+//!   coordinator's list, and not refused since: a peer whose port refuses connections
+//!   ([`Node::unreachable`]) is dead for certain, and a coordinator found so is replaced at
+//!   once instead of after the timeout.
 //! - The coordinator a server follows is derived, not stored: the best live peer that claims the
 //!   role, best meaning the highest claimed term, then the highest rank. A stale coordinator (one
 //!   that was paused or partitioned) claims an older term, so followers prefer the new one.
@@ -16,10 +21,14 @@
 //!   once it hears a coordinator with a term, or after `startup_grace`, whichever comes first:
 //!   servers started together then agree before anyone claims a term, and a lone first server
 //!   still gets elected.
-//! - A server that has no live coordinator for `heartbeat_timeout` sends ELECTION to every peer
-//!   that may outrank it. An outranking peer ANSWERs and runs its own election. Without an
-//!   answer within `answer_timeout` the server declares itself coordinator and announces it;
-//!   with one, it waits `coordinator_wait` for an announcement, then starts over.
+//! - A server that has no live coordinator for `heartbeat_timeout` (or whose coordinator was
+//!   found dead) holds an election: it sends ELECTION to the highest-ranked live peer that
+//!   outranks it (and to any peer of unknown rank), and only if none answers within
+//!   `answer_timeout`, to every other one that may outrank it. An outranking peer ANSWERs and
+//!   runs its own election. Without an answer the server declares itself coordinator and
+//!   announces it; with one, it waits `coordinator_wait` for an announcement, then starts over.
+//!   After a crash every survivor knows who the highest live one is, so an election costs about
+//!   3N messages: one ELECTION and one ANSWER per survivor, and the winner's announcement.
 //! - A coordinator without a term claims one in the store ([`Output::ClaimTerm`]); only with a
 //!   claimed term does it serve ([`Output::Serve`]), and it stops ([`Output::StopServing`]) as
 //!   soon as it is no longer the coordinator.
@@ -72,11 +81,14 @@ impl NodeInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message {
-    /// Periodic liveness and view.
+    /// Periodic liveness and view. A coordinator's lists the peers it hears (`members`), so
+    /// that followers, which heartbeat only the coordinator, know who else is alive.
     Heartbeat {
         role: Role,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         term: Option<u64>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        members: Vec<Member>,
     },
     /// "I am holding an election; answer if you outrank me."
     Election,
@@ -93,6 +105,14 @@ pub enum Message {
     Handoff,
     /// "I am shutting down; stop counting on me."
     Leaving,
+}
+
+/// A peer a coordinator hears, as its heartbeat reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub info: NodeInfo,
+    /// How long ago the coordinator last heard from it.
+    pub heard_ms_ago: u64,
 }
 
 /// A message with its sender.

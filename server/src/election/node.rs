@@ -4,16 +4,31 @@ use std::collections::BTreeMap;
 
 use bully_client::Role;
 
-use super::{Config, Envelope, Message, NodeInfo, Output};
+use super::{Config, Envelope, Member, Message, NodeInfo, Output};
 
 #[derive(Clone, Debug, Default)]
 struct Peer {
     info: Option<NodeInfo>,
+    /// Last time a message came from it.
     last_heard: Option<u64>,
+    /// Last time the coordinator heard from it, as the coordinator's heartbeat says.
+    vouched: Option<u64>,
+    /// Last time its port refused a connection: dead for certain, until heard again.
+    refused: Option<u64>,
+    /// Role and term as it last said itself (trusted only while heard directly).
     role: Option<Role>,
     term: Option<u64>,
     /// Found by discovery (as opposed to only heard from).
     discovered: bool,
+}
+
+/// How far a candidate's election has gone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Stage {
+    /// It asked the highest-ranked live peer that outranks it (and any of unknown rank).
+    Highest { asked: String },
+    /// It asked every peer that may outrank it.
+    All,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,6 +38,7 @@ enum State {
     Follower,
     Candidate {
         deadline: u64,
+        stage: Stage,
     },
     AwaitingCoordinator {
         deadline: u64,
@@ -170,17 +186,38 @@ impl Node {
         })
     }
 
+    /// Heard from within the timeout, directly or through the coordinator, and not refused
+    /// since.
     fn is_live(&self, peer: &Peer, now: u64) -> bool {
-        peer.last_heard
-            .is_some_and(|t| now.saturating_sub(t) <= self.config.heartbeat_timeout)
+        let heard = peer.last_heard.max(peer.vouched);
+        self.fresh(heard, peer.refused, now)
     }
 
-    /// The best live peer claiming the coordinator role: highest term, then rank.
+    /// Heard from directly within the timeout and not refused since: what it says of its own
+    /// role and term is current.
+    fn heard_directly(&self, peer: &Peer, now: u64) -> bool {
+        self.fresh(peer.last_heard, peer.refused, now)
+    }
+
+    fn fresh(&self, heard: Option<u64>, refused: Option<u64>, now: u64) -> bool {
+        heard.is_some_and(|t| {
+            now.saturating_sub(t) <= self.config.heartbeat_timeout && refused.is_none_or(|r| t > r)
+        })
+    }
+
+    /// Heard once, but neither lately nor since a refusal: presumed dead.
+    fn presumed_dead(&self, peer: &Peer, now: u64) -> bool {
+        (peer.last_heard.is_some() || peer.vouched.is_some() || peer.refused.is_some())
+            && !self.is_live(peer, now)
+    }
+
+    /// The best peer claiming the coordinator role, heard from directly: highest term, then
+    /// rank.
     fn best_claimant(&self, now: u64) -> Option<(&String, &Peer)> {
         self.peers
             .iter()
             .filter(|(_, p)| {
-                self.is_live(p, now)
+                self.heard_directly(p, now)
                     && matches!(p.role, Some(Role::Coordinator | Role::HandingOff))
                     && p.info.is_some()
             })
@@ -210,6 +247,7 @@ impl Node {
         self.peers.retain(|_, p| {
             p.discovered
                 || p.last_heard
+                    .max(p.vouched)
                     .is_some_and(|t| now.saturating_sub(t) <= forget_after)
         });
         let mut out = Vec::new();
@@ -228,7 +266,10 @@ impl Node {
         }
         match self.state.clone() {
             State::Starting if self.may_elect_at_start(now) => self.start_election(now, &mut out),
-            State::Candidate { deadline } if now >= deadline => self.on_election_won(now, &mut out),
+            State::Candidate { deadline, stage } if now >= deadline => match stage {
+                Stage::Highest { .. } => self.ask_everyone(now, &mut out),
+                Stage::All => self.on_election_won(now, &mut out),
+            },
             State::AwaitingCoordinator { deadline } => {
                 if self.best_claimant(now).is_some() {
                     self.state = State::Follower;
@@ -237,10 +278,13 @@ impl Node {
                 }
             }
             State::TakingOver { from, deadline } => {
-                let alive = self.peers.get(&from).is_some_and(|p| self.is_live(p, now));
+                let alive = self
+                    .peers
+                    .get(&from)
+                    .is_some_and(|p| self.heard_directly(p, now));
                 if now >= deadline || !alive {
                     // The old coordinator neither handed over nor stayed alive: take over anyway.
-                    self.become_coordinator(now, &mut out);
+                    self.become_coordinator();
                 } else if self.heartbeat_due(now) {
                     // Messages get lost: repeat the request until the handoff comes.
                     out.push(Output::Send {
@@ -254,14 +298,49 @@ impl Node {
         }
         if self.heartbeat_due(now) {
             self.last_heartbeat_sent = Some(now);
-            let heartbeat = Message::Heartbeat {
-                role: self.role(),
-                term: self.term,
-            };
-            self.broadcast(heartbeat, now, &mut out);
+            self.heartbeat(now, &mut out);
         }
         self.settle(now, &mut out);
         out
+    }
+
+    /// A follower heartbeats only its coordinator; the coordinator heartbeats everyone with
+    /// the list of peers it hears; anyone else heartbeats everyone.
+    fn heartbeat(&self, now: u64, out: &mut Vec<Output>) {
+        let role = self.role();
+        if self.state == State::Follower
+            && let Some((addr, _)) = self.best_claimant(now)
+        {
+            out.push(Output::Send {
+                to: addr.clone(),
+                message: Message::Heartbeat {
+                    role,
+                    term: None,
+                    members: Vec::new(),
+                },
+            });
+            return;
+        }
+        let members = if matches!(self.state, State::Coordinator | State::HandingOff { .. }) {
+            self.peers
+                .values()
+                .filter(|p| self.heard_directly(p, now))
+                .filter_map(|p| {
+                    Some(Member {
+                        info: p.info.clone()?,
+                        heard_ms_ago: now.saturating_sub(p.last_heard?),
+                    })
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let heartbeat = Message::Heartbeat {
+            role,
+            term: self.term,
+            members,
+        };
+        self.broadcast(heartbeat, now, out);
     }
 
     /// A new server elects once the servers it expects have been heard from (or one of them
@@ -327,23 +406,80 @@ impl Node {
         });
     }
 
-    fn start_election(&mut self, now: u64, out: &mut Vec<Output>) {
-        self.elections += 1;
-        self.state = State::Candidate {
-            deadline: now + self.config.answer_timeout,
-        };
-        let targets: Vec<String> = self
-            .peers
+    /// Peers that may outrank this server and are not presumed dead (never heard of counts as
+    /// maybe alive), and not leaving.
+    fn election_targets(&self, now: u64) -> Vec<(&String, &Peer)> {
+        self.peers
             .iter()
             .filter(|(_, p)| p.info.as_ref().is_none_or(|info| info.outranks(&self.me)))
-            .filter(|(_, p)| p.role != Some(Role::Leaving))
-            .map(|(addr, _)| addr.clone())
+            .filter(|(_, p)| p.role != Some(Role::Leaving) && !self.presumed_dead(p, now))
+            .collect()
+    }
+
+    fn start_election(&mut self, now: u64, out: &mut Vec<Output>) {
+        self.elections += 1;
+        let targets = self.election_targets(now);
+        // The highest-ranked live one first: after a crash every survivor asks the same
+        // server, which wins at once (it has no one to ask). Peers of unknown rank may be
+        // higher still.
+        let highest = targets
+            .iter()
+            .filter_map(|(addr, p)| {
+                p.info
+                    .as_ref()
+                    .map(|i| (i.rank, i.peer_addr.clone(), *addr))
+            })
+            .max()
+            .map(|(_, _, addr)| addr.clone());
+        let mut first: Vec<String> = targets
+            .iter()
+            .filter(|(_, p)| p.info.is_none())
+            .map(|(addr, _)| (*addr).clone())
             .collect();
-        if targets.is_empty() {
+        let everyone = targets.len();
+        let stage = match highest {
+            Some(asked) if first.len() + 1 < everyone => {
+                first.push(asked.clone());
+                Stage::Highest { asked }
+            }
+            Some(asked) => {
+                first.push(asked);
+                Stage::All
+            }
+            None => Stage::All,
+        };
+        if first.is_empty() {
             // Nobody can outrank us: no need to wait for answers.
             self.on_election_won(now, out);
             return;
         }
+        self.state = State::Candidate {
+            deadline: now + self.config.answer_timeout,
+            stage,
+        };
+        for to in first {
+            out.push(Output::Send {
+                to,
+                message: Message::Election,
+            });
+        }
+    }
+
+    /// The highest peer did not answer in time: ask every peer that may outrank this server.
+    fn ask_everyone(&mut self, now: u64, out: &mut Vec<Output>) {
+        let targets: Vec<String> = self
+            .election_targets(now)
+            .into_iter()
+            .map(|(addr, _)| addr.clone())
+            .collect();
+        if targets.is_empty() {
+            self.on_election_won(now, out);
+            return;
+        }
+        self.state = State::Candidate {
+            deadline: now + self.config.answer_timeout,
+            stage: Stage::All,
+        };
         for to in targets {
             out.push(Output::Send {
                 to,
@@ -369,14 +505,15 @@ impl Node {
             self.request_takeover(from, now, out);
             return;
         }
-        self.become_coordinator(now, out);
+        self.become_coordinator();
     }
 
-    fn become_coordinator(&mut self, now: u64, out: &mut Vec<Output>) {
+    fn become_coordinator(&mut self) {
         self.state = State::Coordinator;
         self.term = None;
-        // Announce at once (term unknown yet); heartbeats repeat it with the term once claimed.
-        self.broadcast(Message::Coordinator { term: None }, now, out);
+        // Announced once the term is claimed ([`Self::claimed`]), a few milliseconds from now:
+        // those waiting for an announcement wait that long, and an announcement without a
+        // term would cost N messages more per election.
     }
 
     fn step_down(&mut self, now: u64) {
@@ -397,9 +534,22 @@ impl Node {
         peer.info = Some(from.clone());
         peer.last_heard = Some(now);
         match &message {
-            Message::Heartbeat { role, term } => {
+            Message::Heartbeat {
+                role,
+                term,
+                members,
+            } => {
                 peer.role = Some(*role);
                 peer.term = *term;
+                for member in members {
+                    if member.info.peer_addr == self.me.peer_addr {
+                        continue;
+                    }
+                    let heard = now.saturating_sub(member.heard_ms_ago);
+                    let known = self.peers.entry(member.info.peer_addr.clone()).or_default();
+                    known.info.get_or_insert_with(|| member.info.clone());
+                    known.vouched = known.vouched.max(Some(heard));
+                }
             }
             Message::Coordinator { term } => {
                 peer.role = Some(Role::Coordinator);
@@ -419,19 +569,18 @@ impl Node {
         }
         match message {
             Message::Election if self.me.outranks(&from) => {
-                out.push(Output::Send {
-                    to: addr.clone(),
-                    message: Message::Answer,
-                });
-                match self.state {
-                    State::Coordinator | State::HandingOff { .. } => out.push(Output::Send {
-                        to: addr,
-                        message: Message::Coordinator { term: self.term },
-                    }),
-                    State::Follower if self.best_claimant(now).is_none() => {
-                        self.start_election(now, &mut out)
+                // A coordinator with a term answers with its announcement, which settles the
+                // candidate at once; anyone else answers and, if it knows no coordinator,
+                // holds its own election.
+                let message = match (&self.state, self.term) {
+                    (State::Coordinator | State::HandingOff { .. }, Some(term)) => {
+                        Message::Coordinator { term: Some(term) }
                     }
-                    _ => {}
+                    _ => Message::Answer,
+                };
+                out.push(Output::Send { to: addr, message });
+                if self.state == State::Follower && self.best_claimant(now).is_none() {
+                    self.start_election(now, &mut out);
                 }
             }
             Message::Answer if from.outranks(&self.me) => {
@@ -457,7 +606,7 @@ impl Node {
             }
             Message::Handoff => match self.state {
                 State::Coordinator | State::HandingOff { .. } => {}
-                _ => self.become_coordinator(now, &mut out),
+                _ => self.become_coordinator(),
             },
             _ => {}
         }
@@ -497,6 +646,34 @@ impl Node {
             }
             _ => {}
         }
+    }
+
+    /// The peer at `addr` refused a connection: nobody listens on its port, so it is dead
+    /// (until heard from again). If it was the coordinator, the election starts now rather
+    /// than after the heartbeat timeout; if it was the peer a candidate asked first, the
+    /// candidate asks the others now.
+    pub fn unreachable(&mut self, addr: &str, now: u64) -> Vec<Output> {
+        let mut out = Vec::new();
+        if !self.peers.contains_key(addr) || self.state == State::Leaving {
+            return out;
+        }
+        let was_coordinator = self.best_claimant(now).is_some_and(|(a, _)| a == addr);
+        if let Some(peer) = self.peers.get_mut(addr) {
+            peer.refused = Some(now);
+        }
+        match self.state {
+            State::Follower if was_coordinator && self.best_claimant(now).is_none() => {
+                self.last_coordinator_seen = now.saturating_sub(self.config.heartbeat_timeout + 1);
+                self.follow(now, &mut out);
+            }
+            State::Candidate {
+                stage: Stage::Highest { ref asked },
+                ..
+            } if asked == addr => self.ask_everyone(now, &mut out),
+            _ => {}
+        }
+        self.settle(now, &mut out);
+        out
     }
 
     /// The store granted `term` to this server.
@@ -549,7 +726,11 @@ impl Node {
         self.executing = None;
         // The target may have died meanwhile: pick the best live peer again.
         let target = to
-            .filter(|addr| self.peers.get(addr).is_some_and(|p| self.is_live(p, now)))
+            .filter(|addr| {
+                self.peers
+                    .get(addr)
+                    .is_some_and(|p| self.heard_directly(p, now))
+            })
             .or_else(|| self.best_successor(now));
         if let Some(to) = target.clone() {
             out.push(Output::Send {
@@ -573,11 +754,11 @@ impl Node {
         out
     }
 
-    /// The highest-ranked live peer.
+    /// The highest-ranked peer heard from directly (a coordinator hears every live one).
     fn best_successor(&self, now: u64) -> Option<String> {
         self.peers
             .iter()
-            .filter(|(_, p)| self.is_live(p, now) && p.role != Some(Role::Leaving))
+            .filter(|(_, p)| self.heard_directly(p, now) && p.role != Some(Role::Leaving))
             .filter_map(|(addr, p)| p.info.as_ref().map(|i| (i.rank, addr)))
             .max()
             .map(|(_, addr)| addr.clone())

@@ -66,12 +66,23 @@ struct Flight {
     envelope: Envelope,
 }
 
+/// A refused connection, reported to the sender: the target's process is gone (crashed or
+/// exited), though its host is reachable.
+struct Refusal {
+    at: u64,
+    sender: String,
+    target: String,
+}
+
 pub struct Sim {
     pub now: u64,
     rng: StdRng,
     config: Config,
     pub nodes: BTreeMap<String, SimNode>,
     flights: Vec<Flight>,
+    refusals: Vec<Refusal>,
+    /// Messages sent, by kind (`heartbeat`, `election`, ...).
+    pub sent: BTreeMap<&'static str, u64>,
     /// Directed links that drop everything.
     cut: BTreeSet<(String, String)>,
     /// Servers that cannot reach the store: their claims and commits do not get through.
@@ -80,6 +91,9 @@ pub struct Sim {
     pub max_delay: u64,
     /// Every serving executor commits one command per step.
     pub workload: bool,
+    /// A crashed server's host refuses connections to its ports (a process died); otherwise
+    /// messages to it vanish (a host or pod gone).
+    pub crash_refuses: bool,
     pub store_term: u64,
     /// Holder of each term, as the store recorded it.
     pub holders: BTreeMap<u64, String>,
@@ -93,6 +107,18 @@ pub struct Sim {
     pub expected_servers: usize,
     /// Rules broken on purpose in every node started from now on.
     pub broken: super::node::Broken,
+}
+
+fn kind(message: &Message) -> &'static str {
+    match message {
+        Message::Heartbeat { .. } => "heartbeat",
+        Message::Election => "election",
+        Message::Answer => "answer",
+        Message::Coordinator { .. } => "coordinator",
+        Message::Takeover => "takeover",
+        Message::Handoff => "handoff",
+        Message::Leaving => "leaving",
+    }
 }
 
 pub fn addr(i: usize) -> String {
@@ -116,11 +142,14 @@ impl Sim {
             config: Config::new(&Timings::defaults(), 0),
             nodes: BTreeMap::new(),
             flights: Vec::new(),
+            refusals: Vec::new(),
+            sent: BTreeMap::new(),
             cut: BTreeSet::new(),
             store_cut: BTreeSet::new(),
             drop_rate: 0.0,
             max_delay: 5,
             workload: true,
+            crash_refuses: true,
             store_term: 0,
             holders: BTreeMap::new(),
             commits: Vec::new(),
@@ -232,12 +261,26 @@ impl Sim {
             let sim_node = self.nodes.get_mut(from).unwrap();
             match output {
                 Output::Send { to, message } => {
+                    *self.sent.entry(kind(&message)).or_default() += 1;
                     if self.cut.contains(&(from.to_string(), to.clone()))
                         || self.rng.random_bool(self.drop_rate)
                     {
                         continue;
                     }
                     let delay = self.rng.random_range(1..=self.max_delay);
+                    let gone = self
+                        .nodes
+                        .get(&to)
+                        .is_some_and(|n| (n.crashed && self.crash_refuses) || n.exited);
+                    if gone {
+                        self.refusals.push(Refusal {
+                            at: now + delay,
+                            sender: from.to_string(),
+                            target: to,
+                        });
+                        continue;
+                    }
+                    let sim_node = self.nodes.get_mut(from).unwrap();
                     let envelope = Envelope {
                         from: sim_node.node.me().clone(),
                         message,
@@ -267,6 +310,19 @@ impl Sim {
             .into_iter()
             .partition(|f| f.at <= now);
         self.flights = later;
+        let (refused, later): (Vec<Refusal>, Vec<Refusal>) = std::mem::take(&mut self.refusals)
+            .into_iter()
+            .partition(|r| r.at <= now);
+        self.refusals = later;
+        for refusal in refused {
+            let Some(sender) = self.nodes.get_mut(&refusal.sender) else {
+                continue;
+            };
+            if sender.running() {
+                let outputs = sender.node.unreachable(&refusal.target, now);
+                self.handle(&refusal.sender, outputs);
+            }
+        }
         for flight in due {
             let Some(target) = self.nodes.get_mut(&flight.to) else {
                 continue;

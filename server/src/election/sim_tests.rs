@@ -65,6 +65,83 @@ fn reelection_after_the_coordinator_crashes() {
 }
 
 #[test]
+fn a_coordinator_whose_port_refuses_is_replaced_before_the_timeout() {
+    let timeout = Config::new(&Timings::defaults(), 0).heartbeat_timeout;
+    for seed in 0..SEEDS {
+        let mut sim = Sim::new(seed, 5);
+        sim.converge(FAILOVER, "start");
+        let old = sim.coordinator();
+        sim.crash(&old);
+        let took = sim.converge(FAILOVER, &format!("seed={seed}"));
+        assert!(
+            took < timeout,
+            "seed={seed}: {took} ms, no faster than the {timeout} ms timeout"
+        );
+        no_overlap(&sim, &format!("seed={seed}")).unwrap();
+    }
+    // Without the refusal (the host is gone, not just the process), the timeout it is.
+    let mut sim = Sim::new(1, 5);
+    sim.crash_refuses = false;
+    sim.converge(FAILOVER, "start");
+    let old = sim.coordinator();
+    sim.crash(&old);
+    let took = sim.converge(FAILOVER, "no refusal");
+    assert!(took >= timeout, "{took} ms");
+}
+
+#[test]
+fn an_election_after_a_crash_costs_about_three_messages_per_server() {
+    for n in [5, 9, 25] {
+        for seed in 0..5 {
+            let mut sim = Sim::new(seed, n);
+            sim.converge(FAILOVER, "start");
+            let old = sim.coordinator();
+            let before = sim.sent.clone();
+            sim.crash(&old);
+            sim.converge(FAILOVER, &format!("n={n} seed={seed}"));
+            let election: u64 = sim
+                .sent
+                .iter()
+                .filter(|(kind, _)| **kind != "heartbeat")
+                .map(|(kind, count)| count - before.get(kind).copied().unwrap_or(0))
+                .sum();
+            assert!(
+                election <= 3 * n as u64,
+                "n={n} seed={seed}: {election} election messages: {:?} before {before:?}",
+                sim.sent
+            );
+        }
+    }
+}
+
+#[test]
+fn steady_state_heartbeats_grow_linearly_with_the_cluster() {
+    for n in [3, 9, 25] {
+        let mut sim = Sim::new(7, n);
+        sim.converge(FAILOVER, "start");
+        sim.run_for(1_000);
+        let before = sim.sent.get("heartbeat").copied().unwrap_or(0);
+        let interval = sim.config().heartbeat_interval;
+        sim.run_for(interval * 10);
+        let per_interval = (sim.sent["heartbeat"] - before) / 10;
+        // The coordinator to each follower and each follower to the coordinator.
+        let linear = 2 * (n as u64 - 1);
+        assert!(
+            per_interval <= linear + 2,
+            "n={n}: {per_interval} heartbeats per interval (2(N-1) = {linear})"
+        );
+        // And the followers still know every live peer, through the coordinator's list.
+        let follower = sim.follower_of(&sim.coordinator());
+        let live = sim.nodes[&follower]
+            .node
+            .peers(sim.now)
+            .filter(|p| p.live)
+            .count();
+        assert_eq!(live, n - 1, "n={n}");
+    }
+}
+
+#[test]
 fn a_crashed_follower_changes_nothing() {
     for seed in 0..SEEDS {
         let mut sim = Sim::new(seed, 3);

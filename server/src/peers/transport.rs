@@ -2,7 +2,11 @@
 //!
 //! Delivery is best-effort, like the datagrams the Bully algorithm assumes: each peer has a
 //! small queue drained by its own task, a message that finds the queue full is dropped, and a
-//! failed request is not retried (the election's timeouts and periodic heartbeats cover loss).
+//! failed request is not retried (the election's timeouts and periodic heartbeats cover loss)
+//! — except once on a fresh connection when a kept-alive one broke, which is how a peer that
+//! died shows itself first. A refused connection is certain evidence that nobody listens on
+//! the peer's port: it is reported ([`Event::Unreachable`]) so the election need not wait for
+//! the heartbeat timeout.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +17,7 @@ use tokio::time::Instant;
 use tracing::trace;
 
 use crate::election::Envelope;
+use crate::messages::Event;
 
 /// Messages a peer may have queued before more are dropped.
 const QUEUE: usize = 64;
@@ -28,13 +33,19 @@ pub struct Transport {
     http: reqwest::Client,
     token: Option<Arc<str>>,
     timeout: Duration,
+    /// Where refusals are reported.
+    events: mpsc::Sender<Event>,
     // Held only to look up or insert a sender; never across an await.
     queues: Arc<Mutex<HashMap<String, mpsc::Sender<Queued>>>>,
 }
 
 impl Transport {
     /// `timeout` bounds each request, so a paused peer holds up only its own queue.
-    pub fn new(token: Option<Arc<str>>, timeout: Duration) -> Transport {
+    pub fn new(
+        token: Option<Arc<str>>,
+        timeout: Duration,
+        events: mpsc::Sender<Event>,
+    ) -> Transport {
         let http = reqwest::Client::builder()
             .connect_timeout(timeout)
             .pool_idle_timeout(IDLE)
@@ -44,6 +55,7 @@ impl Transport {
             http,
             token,
             timeout,
+            events,
             queues: Arc::default(),
         }
     }
@@ -81,12 +93,21 @@ impl Transport {
             if queued.elapsed() > self.timeout {
                 continue;
             }
-            let mut request = self.http.post(&url).timeout(self.timeout).json(&envelope);
-            if let Some(token) = &self.token {
-                request = request.bearer_auth(token);
+            let mut result = self.post(&url, &envelope).await;
+            if let Err(e) = &result
+                && !e.is_timeout()
+                && !e.is_connect()
+                && !e.is_status()
+            {
+                // A kept-alive connection broke (the peer closed or reset it): once more, on
+                // a fresh one. A duplicate election message is harmless.
+                result = self.post(&url, &envelope).await;
             }
-            if let Err(e) = request.send().await {
+            if let Err(e) = result {
                 trace!(peer = %to, error = %e, "peer message not delivered");
+                if refused(&e) {
+                    let _ = self.events.try_send(Event::Unreachable(to.clone()));
+                }
             }
         }
         if let Ok(mut queues) = self.queues.lock()
@@ -96,5 +117,67 @@ impl Transport {
         {
             queues.remove(&to);
         }
+    }
+}
+
+impl Transport {
+    async fn post(&self, url: &str, envelope: &Envelope) -> reqwest::Result<reqwest::Response> {
+        let mut request = self.http.post(url).timeout(self.timeout).json(envelope);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await?.error_for_status()
+    }
+}
+
+/// Whether the connection was refused (RST on connect): nobody listens on that port.
+fn refused(e: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        if let Some(io) = inner.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        source = inner.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::election::{Message, NodeInfo};
+
+    #[tokio::test]
+    async fn a_refused_connection_is_reported_and_a_silent_peer_is_not() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let transport = Transport::new(None, Duration::from_millis(300), tx);
+        // A port nobody listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dead = format!("127.0.0.1:{port}");
+        let envelope = Envelope {
+            from: NodeInfo {
+                rank: 1,
+                peer_addr: "127.0.0.1:1".into(),
+                client_addr: "127.0.0.1:2".into(),
+            },
+            message: Message::Election,
+        };
+        transport.send(&dead, envelope.clone());
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            Ok(Some(Event::Unreachable(addr))) => assert_eq!(addr, dead),
+            other => panic!("expected the refusal, got {other:?}"),
+        }
+        // A peer that accepts and never answers times out: no certainty, no report.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = silent.local_addr().unwrap().to_string();
+        transport.send(&addr, envelope);
+        let report = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await;
+        assert!(report.is_err(), "a silent peer was reported: {report:?}");
     }
 }

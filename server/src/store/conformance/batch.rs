@@ -148,10 +148,7 @@ pub(super) async fn a_batch_answers_as_one_command_at_a_time_would((a, _): Pair)
                 serial_ops[i].command
             );
         }
-        assert!(
-            serial.contains(&Seen::Conflict),
-            "the stream reuses an id"
-        );
+        assert!(serial.contains(&Seen::Conflict), "the stream reuses an id");
         assert!(
             serial.iter().any(|s| matches!(
                 s,
