@@ -187,8 +187,17 @@ impl ServeArgs {
                 return fail(format!("--peers entries must be HOST:PORT, got {peer:?}"));
             }
         }
-        if self.store == StoreKind::Mongodb && self.mongodb_uri.is_none() {
-            return fail("--store mongodb needs --mongodb-uri (or BULLY_MONGODB_URI)".into());
+        if self.store == StoreKind::Mongodb {
+            let Some(uri) = &self.mongodb_uri else {
+                return fail("--store mongodb needs --mongodb-uri (or BULLY_MONGODB_URI)".into());
+            };
+            // The message names what is wrong, never the URI itself (it may hold a password).
+            if let Err(e) = mongodb::options::ConnectionString::parse(uri) {
+                return fail(format!(
+                    "--mongodb-uri is not a valid MongoDB URI: {}",
+                    e.kind
+                ));
+            }
         }
         if self.max_connections == 0 {
             return fail("--max-connections must be at least 1".into());
@@ -272,6 +281,21 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_mongodb_uri_is_refused_without_showing_it() {
+        for uri in [
+            "http://bully:secret@db",
+            "mongodb://bully:secret@db:notaport",
+        ] {
+            let err = parse(&["--store", "mongodb", "--mongodb-uri", uri])
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("--mongodb-uri"), "{err}");
+            assert!(!err.contains("secret"), "the URI leaked: {err}");
+        }
+    }
+
+    #[test]
     fn the_expected_cluster_size_counts_this_server_once() {
         let listed = parse(&["--peers", "a:1,b:1,c:1"]);
         assert_eq!(listed.expected_servers("a:1"), 3);
@@ -300,6 +324,10 @@ mod tests {
             (&["--peer-dns", "nameonly"], "--peer-dns"),
             (&["--peers", "a:x"], "--peers"),
             (&["--store", "mongodb"], "--mongodb-uri"),
+            (
+                &["--store", "mongodb", "--mongodb-uri", "http://x:secret@h"],
+                "not a valid MongoDB URI",
+            ),
             (&["--queue-capacity", "0"], "--queue-capacity"),
             (&["--expected-servers", "0"], "--expected-servers"),
             (&["--max-batch", "0"], "--max-batch"),

@@ -61,11 +61,26 @@ pub async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn Store>> {
             let options = store::mongo::MongoOptions {
                 op_deadline: args.store_timeout,
             };
-            Arc::new(
-                store::mongo::MongoStore::connect(uri, &args.mongodb_database, options)
-                    .await
-                    .context("connecting to MongoDB")?,
-            )
+            // The URI was checked at startup: a failure here is the store being down or
+            // unreachable (a replica set starting with the servers, a restart). Keep trying,
+            // as a server without its store is not ready, rather than exit.
+            let mut pause = Duration::from_millis(200);
+            loop {
+                match store::mongo::MongoStore::connect(
+                    uri,
+                    &args.mongodb_database,
+                    options.clone(),
+                )
+                .await
+                {
+                    Ok(store) => break Arc::new(store),
+                    Err(e) => {
+                        warn!(error = %e, retry_in = ?pause, "cannot reach MongoDB yet");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
         }
     })
 }
@@ -113,7 +128,14 @@ pub async fn run(
         Some(path) => Some(auth::Token::from_file(path).context("--token-file")?),
         None => None,
     };
-    let store = open_store(&args).await?;
+    let mut shutdown = std::pin::pin!(shutdown);
+    let store = tokio::select! {
+        store = open_store(&args) => store?,
+        _ = &mut shutdown => {
+            info!("stopped before the store was reached");
+            return Ok(());
+        }
+    };
     let rank = args.rank.unwrap_or_else(rand::random);
     let client_addr = client_listener.local_addr()?;
     let host = advertise_host(&args, client_addr).await;

@@ -190,11 +190,33 @@ fn order(history: &[OpRecord], resolved: &[Resolved], out: &mut Vec<Violation>) 
     for message in invariants::seqs_unique(labelled().map(|(seq, _, label)| (seq, label))) {
         out.push(violation("order", message));
     }
-    let all = by_seq
-        .iter()
-        .filter_map(|r| Some((r.seq?, r.term?, describe(history, r.index))));
-    for message in invariants::terms_follow_seqs(all) {
+    let writes = labelled().filter_map(|(seq, term, label)| Some((seq, term?, label)));
+    for message in invariants::terms_follow_seqs(writes) {
         out.push(violation("order", message));
+    }
+    // A read under term t reporting seq s saw term t current after write s: t is at least
+    // the term of write s and at most the term of the next write.
+    let write_terms: BTreeMap<u64, u64> = by_seq
+        .iter()
+        .filter(|r| !r.op.input.is_read())
+        .filter_map(|r| Some((r.seq?, r.term?)))
+        .collect();
+    for r in by_seq.iter().filter(|r| r.op.input.is_read()) {
+        let (Some(seq), Some(term)) = (r.seq, r.term) else {
+            continue;
+        };
+        let before = write_terms.range(..=seq).next_back().map(|(_, t)| *t);
+        let after = write_terms.range(seq + 1..).next().map(|(_, t)| *t);
+        if before.is_some_and(|b| term < b) || after.is_some_and(|a| term > a) {
+            out.push(violation(
+                "order",
+                format!(
+                    "{} read under term {term} at seq {seq}, between writes of terms {before:?} \
+                     and {after:?}",
+                    describe(history, r.index)
+                ),
+            ));
+        }
     }
     // Real time: nothing placed strictly later in the order may have completed before this one
     // was invoked.

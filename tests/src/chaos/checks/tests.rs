@@ -200,6 +200,18 @@ fn a_seq_out_of_commit_order_is_caught_by_order() {
             .any(|v| v.check == "order" && v.message.contains("real time")),
         "{found:?}"
     );
+    // A read under a term newer than the write after it.
+    let mut case = good();
+    if let OpResult::Ok { response } = &mut case.history[2].result {
+        response.term = 2;
+    }
+    let found = failing(&case);
+    assert!(
+        found
+            .iter()
+            .any(|v| v.check == "order" && v.message.contains("read under term 2")),
+        "{found:?}"
+    );
     // Two reads reporting one seq tie: no order between them is implied.
     let mut case = good();
     let mut second_read = case.history[2].clone();
