@@ -170,23 +170,42 @@ fn body_error(rejection: BytesRejection, limit: usize) -> ApiError {
 
 /// Decodes and validates a command request, naming what is wrong.
 pub fn decode_request(body: &[u8], limits: &Limits) -> Result<CommandRequest, ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            ErrorCode::InvalidJson,
-            format!("body is not valid JSON: {e}"),
-        )
-    })?;
-    let request: CommandRequest = serde_json::from_value(value).map_err(|e| {
-        let message = e.to_string();
-        let code = if message.contains("unknown variant") {
-            ErrorCode::UnknownCommand
-        } else {
-            ErrorCode::InvalidCommand
-        };
-        ApiError::new(code, format!("invalid request: {message}"))
-    })?;
+    // The common case in one pass; a body that does not decode is parsed again only to say
+    // precisely what is wrong with it.
+    let request: CommandRequest = match serde_json::from_slice(body) {
+        Ok(request) => request,
+        Err(_) => return Err(explain_undecodable(body)),
+    };
     request.validate(limits)?;
     Ok(request)
+}
+
+/// Why a body is not a command request: not JSON at all, or JSON of the wrong shape.
+fn explain_undecodable(body: &[u8]) -> ApiError {
+    let value: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(value) => value,
+        Err(e) => {
+            return ApiError::new(
+                ErrorCode::InvalidJson,
+                format!("body is not valid JSON: {e}"),
+            );
+        }
+    };
+    match serde_json::from_value::<CommandRequest>(value) {
+        Ok(_) => ApiError::new(
+            ErrorCode::InvalidJson,
+            "body is not valid JSON for a command request",
+        ),
+        Err(e) => {
+            let message = e.to_string();
+            let code = if message.contains("unknown variant") {
+                ErrorCode::UnknownCommand
+            } else {
+                ErrorCode::InvalidCommand
+            };
+            ApiError::new(code, format!("invalid request: {message}"))
+        }
+    }
 }
 
 async fn post_command(
