@@ -18,7 +18,7 @@ use crate::election::{Envelope, Node, Output};
 use crate::messages::{Control, Event, ExecMsg, View};
 use crate::metrics::{Metrics, RoleLabels};
 use crate::peers::transport::Transport;
-use crate::store::Store;
+use crate::store::{Claim, Store, StoreError};
 
 pub struct ElectionDriver {
     pub node: Node,
@@ -31,6 +31,8 @@ pub struct ElectionDriver {
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     pub tick: Duration,
+    /// The lease a claim asks for.
+    pub lease: Duration,
 }
 
 impl ElectionDriver {
@@ -97,6 +99,7 @@ impl ElectionDriver {
                 self.node.claimed(term, now)
             }
             Event::ClaimFailed => self.node.claim_failed(now),
+            Event::ClaimRefused { remaining_ms } => self.node.claim_refused(remaining_ms, now),
             Event::Fenced => self.node.fenced(now),
             Event::Drained => self.node.drained(now),
             Event::Shutdown => {
@@ -116,7 +119,7 @@ impl ElectionDriver {
                 };
                 self.transport.send(&to, envelope);
             }
-            Output::ClaimTerm => self.claim(),
+            Output::ClaimTerm { break_holder } => self.claim(break_holder),
             Output::Serve(term) => {
                 let _ = self.control.send(Control::Activate(term));
                 self.metrics.term.set(term as i64);
@@ -131,13 +134,29 @@ impl ElectionDriver {
         false
     }
 
-    fn claim(&self) {
+    fn claim(&self, break_holder: Option<String>) {
         let store = self.store.clone();
         let events = self.events.clone();
-        let holder = format!("{} rank {}", self.node.me().peer_addr, self.node.me().rank);
+        let holder = self.node.me().holder();
+        let lease = self.lease;
         tokio::spawn(async move {
-            let event = match store.claim_term(&holder).await {
+            let claim = Claim {
+                holder: &holder,
+                lease,
+                break_holder: break_holder.as_deref(),
+            };
+            if let Some(dead) = &break_holder {
+                info!(holder = %dead, "breaking the lease of a coordinator found dead");
+            }
+            let event = match store.claim(claim).await {
                 Ok(term) => Event::Claimed(term),
+                Err(StoreError::LeaseHeld {
+                    holder,
+                    remaining_ms,
+                }) => {
+                    info!(%holder, remaining_ms, "the current coordinator's lease holds; not claiming");
+                    Event::ClaimRefused { remaining_ms }
+                }
                 Err(e) => {
                     warn!(error = %e, "claiming a term failed; retrying");
                     Event::ClaimFailed

@@ -39,6 +39,10 @@ pub struct Executor {
     pub retention: Duration,
     /// Most commands in one store operation; 1 applies them strictly one at a time.
     pub max_batch: usize,
+    /// How often the lease is renewed when no writing batch renewed it.
+    pub lease_renewal: Duration,
+    /// A writing batch ran since the last renewal tick (and renewed the lease).
+    pub wrote: bool,
 }
 
 impl Executor {
@@ -47,6 +51,8 @@ impl Executor {
         // Expire old command records every tenth of the retention (at most once a minute).
         let mut expiry = tokio::time::interval((self.retention / 10).min(Duration::from_secs(60)));
         expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renewal = tokio::time::interval(self.lease_renewal.max(Duration::from_millis(10)));
+        renewal.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -64,12 +70,19 @@ impl Executor {
                         }
                         self.execute(&mut term, batch).await;
                         if let Some(done) = drain {
-                            Self::drained(&mut term, done);
+                            self.drained(&mut term, done).await;
                         }
                     }
-                    Some(ExecMsg::Drain(done)) => Self::drained(&mut term, done),
+                    Some(ExecMsg::Drain(done)) => self.drained(&mut term, done).await,
                     None => return,
                 },
+                _ = renewal.tick() => {
+                    if let Some(t) = term
+                        && !std::mem::take(&mut self.wrote)
+                    {
+                        self.renew(&mut term, t).await;
+                    }
+                }
                 _ = expiry.tick() => {
                     if term.is_some() {
                         self.expire().await;
@@ -93,10 +106,29 @@ impl Executor {
         }
     }
 
-    fn drained(term: &mut Option<u64>, done: oneshot::Sender<()>) {
+    /// Everything before the drain marker is answered: release the lease, so that the
+    /// successor's claim need not wait for it, and stop.
+    async fn drained(&mut self, term: &mut Option<u64>, done: oneshot::Sender<()>) {
         info!("queue drained");
-        *term = None;
+        if let Some(t) = term.take()
+            && let Err(e) = self.store.release_lease(t).await
+        {
+            warn!(error = %e, "releasing the lease failed; the successor waits for it to run out");
+        }
         let _ = done.send(());
+    }
+
+    async fn renew(&self, term: &mut Option<u64>, t: u64) {
+        match self.store.renew_lease(t).await {
+            Ok(()) => {}
+            Err(StoreError::Fenced { mine, current }) => {
+                warn!(term = mine, current, "term superseded: stepping down");
+                *term = None;
+                self.metrics.fenced.inc();
+                let _ = self.events.send(Event::Fenced).await;
+            }
+            Err(e) => warn!(error = %e, "renewing the lease failed"),
+        }
     }
 
     fn depth(&self) -> i64 {
@@ -121,7 +153,7 @@ impl Executor {
         (batch, None)
     }
 
-    async fn execute(&self, term: &mut Option<u64>, batch: Vec<Job>) {
+    async fn execute(&mut self, term: &mut Option<u64>, batch: Vec<Job>) {
         let results: Vec<Result<Applied, ExecError>> = match *term {
             None => batch.iter().map(|_| Err(ExecError::NotServing)).collect(),
             Some(t) => {
@@ -133,6 +165,7 @@ impl Executor {
                     })
                     .collect();
                 self.metrics.batch_size.observe(ops.len() as f64);
+                self.wrote |= ops.iter().any(|op| !op.command.is_read());
                 match self.store.apply_batch(t, &ops).await {
                     Ok(results) => results
                         .into_iter()
@@ -150,7 +183,7 @@ impl Executor {
                             StoreError::Corrupt(reason) => {
                                 warn!(%reason, "corrupt data in the store")
                             }
-                            StoreError::IdConflict { .. } => {}
+                            StoreError::IdConflict { .. } | StoreError::LeaseHeld { .. } => {}
                         }
                         batch
                             .iter()

@@ -171,6 +171,8 @@ pub async fn run(
             last_seq: last_seq.clone(),
             retention: args.retention,
             max_batch: args.max_batch,
+            lease_renewal: timings.lease_renewal,
+            wrote: false,
         }
         .run(),
     );
@@ -200,6 +202,7 @@ pub async fn run(
             store,
             metrics: metrics.clone(),
             tick: timings.tick,
+            lease: timings.lease,
         }
         .run(),
     );

@@ -27,6 +27,8 @@ pub enum Event {
     Claimed(u64),
     /// The claim did not go through.
     ClaimFailed,
+    /// The store refused the claim: the current holder's lease runs this much longer.
+    ClaimRefused { remaining_ms: u64 },
     /// The executor found its term superseded.
     Fenced,
     /// The executor answered everything queued before the drain marker and stopped.

@@ -33,6 +33,11 @@ pub struct Timings {
     pub handoff_timeout: Duration,
     /// The wait before a failed term claim is retried.
     pub claim_retry: Duration,
+    /// How long a coordinator's lease on its term lasts after each renewal (by the store's
+    /// clock): no other server can claim a term meanwhile, unless it knows it dead.
+    pub lease: Duration,
+    /// How often an idle coordinator renews its lease (a busy one renews with every batch).
+    pub lease_renewal: Duration,
     /// How long a new server waits to hear from the servers it expects before electing.
     pub startup_grace: Duration,
     /// How often the election driver advances the state machine's clock.
@@ -78,6 +83,14 @@ impl Timings {
             // A failed claim means the store is unreachable or slow; retrying at once would only
             // add load. Two heartbeats is short next to a failover.
             claim_retry: (interval * 2).max(Duration::from_millis(50)),
+            // As long as it takes the others to presume the coordinator dead: a server that
+            // stops hearing it (a partition) finds the lease running when it would claim,
+            // while a coordinator that stopped (a pause, a lost host) has let it run out by
+            // then, so the lease adds nothing to that failover. A crash (a refused port) breaks
+            // it at once.
+            lease: timeout,
+            // Four renewals per lease: one lost or late renewal does not let it run out.
+            lease_renewal: timeout / 4,
             startup_grace,
             // A quarter of the heartbeat interval keeps heartbeats and timeouts within 25% of
             // their period without a busy loop.
@@ -118,6 +131,8 @@ mod tests {
         assert!(t.peer_message_ttl <= t.heartbeat_timeout);
         assert!(t.handoff_timeout > t.heartbeat_timeout);
         assert!(t.hold > t.heartbeat_timeout);
+        assert!(t.lease_renewal * 3 < t.lease);
+        assert!(t.lease <= t.heartbeat_timeout);
     }
 
     #[test]

@@ -31,7 +31,11 @@
 //!   3N messages: one ELECTION and one ANSWER per survivor, and the winner's announcement.
 //! - A coordinator without a term claims one in the store ([`Output::ClaimTerm`]); only with a
 //!   claimed term does it serve ([`Output::Serve`]), and it stops ([`Output::StopServing`]) as
-//!   soon as it is no longer the coordinator.
+//!   soon as it is no longer the coordinator. The store refuses the claim while the current
+//!   holder's lease runs ([`Node::claim_refused`]): the claimer steps down and waits it out.
+//!   So a server that merely cannot reach a live coordinator (partitioned from its peers but
+//!   not from the store) never deposes it. A claimer that saw the holder's port refuse a
+//!   connection breaks the lease at once, so a crash costs no lease wait.
 //! - A server that would win while a lower-ranked coordinator is alive (it joined late, or came
 //!   back) does not just seize the role: it sends TAKEOVER; the coordinator stops accepting
 //!   commands, drains its queue ([`Output::Drain`]) and sends HANDOFF, and only then does the
@@ -74,6 +78,11 @@ impl NodeInfo {
     /// Bully order: rank, ties (practically impossible with 64 random bits) broken by address.
     fn outranks(&self, other: &NodeInfo) -> bool {
         (self.rank, &self.peer_addr) > (other.rank, &other.peer_addr)
+    }
+
+    /// How the store names this server as a term's holder.
+    pub fn holder(&self) -> String {
+        format!("{} rank {}", self.peer_addr, self.rank)
     }
 }
 
@@ -159,9 +168,11 @@ impl Config {
 pub enum Output {
     /// Send `message` to the peer at `to`.
     Send { to: String, message: Message },
-    /// Claim the next term in the store for this server, then report [`Node::claimed`] or
-    /// [`Node::claim_failed`].
-    ClaimTerm,
+    /// Claim the next term in the store for this server, then report [`Node::claimed`],
+    /// [`Node::claim_refused`] or [`Node::claim_failed`]. `break_holder` names the holder of
+    /// the current term when this server knows it dead for certain (its port refused a
+    /// connection): its lease need not run out first.
+    ClaimTerm { break_holder: Option<String> },
     /// Execute commands under this term (the store fences it).
     Serve(u64),
     /// Stop accepting commands, let the executor finish the queued ones and stop, then call

@@ -78,6 +78,8 @@ pub struct Node {
     claiming: bool,
     /// After a failed claim, no new one before this instant.
     claim_retry_at: u64,
+    /// The coordinator this server last followed (peer address).
+    followed: Option<String>,
     /// The term the executor was last told to serve under ([`Output::Serve`]), until
     /// [`Output::StopServing`] (or a finished drain).
     executing: Option<u64>,
@@ -110,6 +112,7 @@ impl Node {
             term: None,
             claiming: false,
             claim_retry_at: 0,
+            followed: None,
             executing: None,
             exit_due: false,
             last_coordinator_seen: now,
@@ -369,8 +372,9 @@ impl Node {
 
     /// Follower duties: notice a dead coordinator, or one this server outranks.
     fn follow(&mut self, now: u64, out: &mut Vec<Output>) {
-        if self.best_claimant(now).is_some() {
+        if let Some(addr) = self.best_claimant(now).map(|(addr, _)| addr.clone()) {
             self.fenced_streak = 0;
+            self.followed = Some(addr);
         }
         match self.best_claimant(now) {
             None => {
@@ -688,6 +692,20 @@ impl Node {
         out
     }
 
+    /// The store refused the claim: the current holder's lease runs for `remaining_ms` more.
+    /// That holder is alive (it renews), or was until a moment ago: step down and let it be
+    /// found, or its lease run out, before electing again.
+    pub fn claim_refused(&mut self, remaining_ms: u64, now: u64) -> Vec<Output> {
+        self.claiming = false;
+        if self.state == State::Coordinator && self.term.is_none() {
+            self.step_down(now);
+            self.quiet_until = now + remaining_ms + self.config.claim_retry;
+        }
+        let mut out = Vec::new();
+        self.settle(now, &mut out);
+        out
+    }
+
     /// The claim failed (the store did not answer): retry after `claim_retry`.
     pub fn claim_failed(&mut self, now: u64) -> Vec<Output> {
         self.claiming = false;
@@ -800,7 +818,15 @@ impl Node {
             && now >= self.claim_retry_at
         {
             self.claiming = true;
-            out.push(Output::ClaimTerm);
+            // The coordinator this server followed, if its port refused since it was heard.
+            let break_holder = self
+                .followed
+                .as_ref()
+                .and_then(|addr| self.peers.get(addr))
+                .filter(|p| p.refused.is_some() && p.refused >= p.last_heard)
+                .and_then(|p| p.info.as_ref())
+                .map(NodeInfo::holder);
+            out.push(Output::ClaimTerm { break_holder });
         }
         let executing = match self.state {
             State::Coordinator => self.term,

@@ -38,7 +38,11 @@ pub struct SimNode {
     pub paused: bool,
     pub exited: bool,
     claim_at: Option<u64>,
+    /// The holder the claim in flight may break.
+    claim_breaks: Option<String>,
     drained_at: Option<u64>,
+    /// When its executor last renewed its lease (committing renews it too).
+    renewed_at: u64,
     /// When DNS starts to list this server, and when this server next asks DNS.
     listed_at: u64,
     resolve_at: u64,
@@ -97,6 +101,13 @@ pub struct Sim {
     pub store_term: u64,
     /// Holder of each term, as the store recorded it.
     pub holders: BTreeMap<u64, String>,
+    /// The current holder's lease: renewed at `lease_at`, running `lease_ms` (0: released).
+    lease_at: u64,
+    lease_ms: u64,
+    /// Claims the store refused because a lease held.
+    pub refused_claims: u64,
+    /// The store keeps leases (off: every claim goes through, as before leases).
+    pub leases: bool,
     /// (instant, server, term) of every commit the store accepted.
     pub commits: Vec<(u64, String, u64)>,
     /// Instants at which two servers' executors ran at once.
@@ -152,6 +163,10 @@ impl Sim {
             crash_refuses: true,
             store_term: 0,
             holders: BTreeMap::new(),
+            lease_at: 0,
+            lease_ms: 0,
+            refused_claims: 0,
+            leases: true,
             commits: Vec::new(),
             overlaps: Vec::new(),
             dns_lag: 0,
@@ -195,7 +210,9 @@ impl Sim {
                 paused: false,
                 exited: false,
                 claim_at: None,
+                claim_breaks: None,
                 drained_at: None,
+                renewed_at: 0,
                 listed_at,
                 // The first lookup answers after a moment; later ones every DNS_INTERVAL.
                 resolve_at: self.now + STEP,
@@ -291,7 +308,10 @@ impl Sim {
                         envelope,
                     });
                 }
-                Output::ClaimTerm => sim_node.claim_at = Some(now + CLAIM_DELAY),
+                Output::ClaimTerm { break_holder } => {
+                    sim_node.claim_at = Some(now + CLAIM_DELAY);
+                    sim_node.claim_breaks = break_holder;
+                }
                 Output::Serve(term) => sim_node.executing = Some(term),
                 Output::StopServing => sim_node.executing = None,
                 Output::Drain => sim_node.drained_at = Some(now + DRAIN_DELAY),
@@ -364,18 +384,53 @@ impl Sim {
                 && reaches_store
             {
                 sim_node.claim_at = None;
-                self.store_term += 1;
-                self.holders.insert(self.store_term, a.clone());
-                let term = self.store_term;
-                outputs.extend(self.nodes.get_mut(a).unwrap().node.claimed(term, now));
+                let breaks = sim_node.claim_breaks.take();
+                // The store's lease rule: the current holder's lease stands unless it ran out,
+                // was released, is the claimer's own, or the claimer knows the holder dead.
+                let holder = self.holders.get(&self.store_term).cloned();
+                let remaining = (self.lease_at + self.lease_ms).saturating_sub(now);
+                let holder_name = holder
+                    .as_ref()
+                    .and_then(|h| self.nodes.get(h))
+                    .map(|n| n.node.me().holder());
+                if self.leases
+                    && remaining > 0
+                    && holder.as_ref() != Some(a)
+                    && breaks.is_none_or(|b| Some(b) != holder_name)
+                {
+                    self.refused_claims += 1;
+                    let sim_node = self.nodes.get_mut(a).unwrap();
+                    outputs.extend(sim_node.node.claim_refused(remaining, now));
+                } else {
+                    self.store_term += 1;
+                    self.holders.insert(self.store_term, a.clone());
+                    self.lease_at = now;
+                    self.lease_ms = self.config.heartbeat_timeout;
+                    let term = self.store_term;
+                    outputs.extend(self.nodes.get_mut(a).unwrap().node.claimed(term, now));
+                }
             }
             // The executor: a drain finishes; a serving executor commits.
             let sim_node = self.nodes.get_mut(a).unwrap();
             if sim_node.drained_at.is_some_and(|at| at <= now) {
+                let drained_term = sim_node.executing.take();
                 sim_node.drained_at = None;
-                sim_node.executing = None;
                 sim_node.drains += 1;
                 outputs.extend(sim_node.node.drained(now));
+                // The executor releases its lease once drained.
+                if reaches_store && drained_term == Some(self.store_term) {
+                    self.lease_ms = 0;
+                }
+            }
+            // An executor serving the current term renews its lease: by committing, or every
+            // quarter of the lease when idle.
+            if reaches_store
+                && self.nodes[a].executing == Some(self.store_term)
+                && (self.workload
+                    || now >= self.nodes[a].renewed_at + self.config.heartbeat_timeout / 4)
+            {
+                self.nodes.get_mut(a).unwrap().renewed_at = now;
+                self.lease_at = now;
             }
             if self.workload
                 && reaches_store

@@ -97,6 +97,8 @@ pub fn exec_error(error: ExecError, view: &View) -> ApiError {
         ExecError::Store(StoreError::Corrupt(_)) => {
             ApiError::new(ErrorCode::Internal, "stored data could not be read")
         }
+        // Only claims meet a lease; a command never does.
+        ExecError::Store(StoreError::LeaseHeld { .. }) => not_serving(view),
     }
 }
 

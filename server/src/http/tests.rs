@@ -61,6 +61,8 @@ async fn harness(queue: usize, run_executor: bool) -> Harness {
         last_seq: last_seq.clone(),
         retention: Duration::from_secs(3600),
         max_batch: 16,
+        lease_renewal: Duration::from_millis(200),
+        wrote: false,
     };
     if run_executor {
         tokio::spawn(executor.run());

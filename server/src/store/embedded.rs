@@ -9,7 +9,9 @@
 //! of failing.
 //!
 //! # Schema
-//! - `fence(id = 1, term, holder, seq)`: the one fencing record.
+//! - `fence(id = 1, term, holder, seq, lease_at, lease_ms)`: the one fencing record; the
+//!   holder's lease runs `lease_ms` from `lease_at` (milliseconds of SQLite's clock, which is
+//!   the clock of the one machine every process sharing the file runs on).
 //! - `kv(key PRIMARY KEY, value)`: each value as its JSON text (exact round trip).
 //! - `commands(id PRIMARY KEY, seq, term, fingerprint, outcome, at_ms)`: the exactly-once log.
 
@@ -22,7 +24,7 @@ use bully_client::Entry;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::logic::{self, ListQuery, Snapshot};
-use super::{Applied, FenceState, Op, Record, Result, Store, StoreError};
+use super::{Applied, Claim, FenceState, Op, Record, Result, Store, StoreError};
 
 /// How long a process waits for another one's write lock before reporting the store unavailable.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -68,6 +70,30 @@ impl EmbeddedStore {
              CREATE INDEX IF NOT EXISTS commands_at ON commands (at_ms);",
         )
         })?;
+        // Files from before leases existed get the lease columns.
+        // (Checked and altered under the write lock: processes opening one file at once.)
+        retry_busy(&path, || {
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let migrated = (|| {
+                let has_lease: bool = conn
+                    .prepare("SELECT 1 FROM pragma_table_info('fence') WHERE name = 'lease_at'")?
+                    .exists([])?;
+                if !has_lease {
+                    conn.execute_batch(
+                        "ALTER TABLE fence ADD COLUMN lease_at INTEGER NOT NULL DEFAULT 0;
+                         ALTER TABLE fence ADD COLUMN lease_ms INTEGER NOT NULL DEFAULT 0;",
+                    )?;
+                }
+                Ok(())
+            })();
+            match migrated {
+                Ok(()) => conn.execute_batch("COMMIT"),
+                Err(e) => {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    Err(e)
+                }
+            }
+        })?;
         Ok(EmbeddedStore {
             conn: Arc::new(Mutex::new(conn)),
             path,
@@ -112,6 +138,9 @@ fn retry_busy<T>(path: &Path, mut f: impl FnMut() -> rusqlite::Result<T>) -> Res
         }
     }
 }
+
+/// The store's clock: milliseconds since the Unix epoch, as SQLite reads it.
+const NOW_MS: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
 
 fn unavailable(path: &Path, e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(format!("{}: {e}", path.display()))
@@ -252,11 +281,32 @@ fn apply_batch_in(conn: &mut Connection, term: u64, ops: &[Op]) -> Result<Vec<Re
         .map_err(sql)?;
     }
     if plan.seq != state.seq {
-        tx.execute("UPDATE fence SET seq = ?1 WHERE id = 1", [plan.seq as i64])
-            .map_err(sql)?;
+        // Writing anyway: renew the lease in the same statement.
+        tx.prepare_cached(&format!(
+            "UPDATE fence SET seq = ?1, lease_at = {NOW_MS} WHERE id = 1"
+        ))
+        .and_then(|mut s| s.execute([plan.seq as i64]))
+        .map_err(sql)?;
     }
     tx.commit().map_err(sql)?;
     Ok(plan.results)
+}
+
+/// Sets `assignment` on the fence if `term` is current.
+fn lease_update(conn: &mut Connection, term: u64, assignment: &str) -> Result<()> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql)?;
+    let state = fence(&tx)?;
+    if state.term != term || term == 0 {
+        return Err(StoreError::Fenced {
+            mine: term,
+            current: state.term,
+        });
+    }
+    tx.execute(&format!("UPDATE fence SET {assignment} WHERE id = 1"), [])
+        .map_err(sql)?;
+    tx.commit().map_err(sql)
 }
 
 /// Up to `n` stored entries of `query`'s range, in key order.
@@ -293,22 +343,61 @@ fn scan(tx: &rusqlite::Transaction<'_>, query: &ListQuery, n: usize) -> Result<V
 
 #[async_trait]
 impl Store for EmbeddedStore {
-    async fn claim_term(&self, holder: &str) -> Result<u64> {
-        let holder = holder.to_string();
+    async fn claim(&self, claim: Claim<'_>) -> Result<u64> {
+        let holder = claim.holder.to_string();
+        let breaks = claim.break_holder.map(String::from);
+        let lease_ms = claim.lease.as_millis() as i64;
         self.with_conn(move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(sql)?;
-            let term = fence(&tx)?.term + 1;
+            let (term, current, lease_at, lease, now): (i64, String, i64, i64, i64) = tx
+                .query_row(
+                    &format!(
+                        "SELECT term, holder, lease_at, lease_ms, {NOW_MS} FROM fence WHERE id = 1"
+                    ),
+                    [],
+                    |row| {
+                        Ok((
+                            row.get(0)?,
+                            row.get(1)?,
+                            row.get(2)?,
+                            row.get(3)?,
+                            row.get(4)?,
+                        ))
+                    },
+                )
+                .map_err(sql)?;
+            let remaining = lease_at + lease - now;
+            if remaining > 0 && current != holder && breaks.as_deref() != Some(current.as_str()) {
+                return Err(StoreError::LeaseHeld {
+                    holder: current,
+                    remaining_ms: remaining as u64,
+                });
+            }
+            let term = to_u64(term) + 1;
             tx.execute(
-                "UPDATE fence SET term = ?1, holder = ?2 WHERE id = 1",
-                params![term as i64, holder],
+                &format!(
+                    "UPDATE fence SET term = ?1, holder = ?2, lease_at = {NOW_MS}, lease_ms = ?3
+                     WHERE id = 1"
+                ),
+                params![term as i64, holder, lease_ms],
             )
             .map_err(sql)?;
             tx.commit().map_err(sql)?;
             Ok(term)
         })
         .await
+    }
+
+    async fn renew_lease(&self, term: u64) -> Result<()> {
+        self.with_conn(move |conn| lease_update(conn, term, &format!("lease_at = {NOW_MS}")))
+            .await
+    }
+
+    async fn release_lease(&self, term: u64) -> Result<()> {
+        self.with_conn(move |conn| lease_update(conn, term, "lease_ms = 0"))
+            .await
     }
 
     async fn apply_batch(&self, term: u64, ops: &[Op]) -> Result<Vec<Result<Applied>>> {

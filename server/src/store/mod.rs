@@ -13,6 +13,11 @@
 //!   the term, so numbers increase strictly across terms; a read reports the sequence number of
 //!   the last write it reflects (as etcd's revisions do) and takes none, so reads need no
 //!   durable write.
+//! - **Leases.** A term's holder holds a lease that every writing batch (and, when idle,
+//!   [`Store::renew_lease`]) restarts by the store's clock; a claim fails while it runs, so a
+//!   server cut off from the coordinator but not from the store cannot depose it. The lease is
+//!   released on handoff, and a claimer that knows the holder dead (its port refused a
+//!   connection) may break it.
 //! - **Group commit.** A batch is applied in one atomic operation with the results, sequence
 //!   numbers and exactly-once behaviour of applying its commands one after another
 //!   ([`logic::plan_batch`] works them out for every backend).
@@ -42,6 +47,19 @@ pub struct Applied {
     pub outcome: Outcome,
     /// The id had been applied before; `seq`, `term` and `outcome` are the stored ones.
     pub duplicate: bool,
+}
+
+/// How [`Store::claim`] claims a term.
+#[derive(Clone, Copy, Debug)]
+pub struct Claim<'a> {
+    /// Who claims it (a server's peer address and rank: [`crate::election::NodeInfo::holder`]).
+    pub holder: &'a str,
+    /// How long the claimer's lease lasts after each renewal, judged by the store's clock;
+    /// zero for none.
+    pub lease: std::time::Duration,
+    /// The holder the claimer knows is dead for certain (its port refused a connection): its
+    /// lease does not stand in the way.
+    pub break_holder: Option<&'a str>,
 }
 
 /// The fencing record.
@@ -74,6 +92,10 @@ pub enum StoreError {
     /// The id was applied before, for a different command; nothing was applied.
     #[error("command id {id} was already used for a different command")]
     IdConflict { id: String },
+    /// The current term's holder holds a lease for this much longer: no claim before then
+    /// (unless it releases it, or the claimer knows it dead).
+    #[error("{holder} holds the lease for another {remaining_ms} ms")]
+    LeaseHeld { holder: String, remaining_ms: u64 },
     /// The store did not answer within the deadline. The command may or may not have been
     /// applied; retrying it with the same id is safe.
     #[error("store unavailable: {0}")]
@@ -88,9 +110,30 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// A fenced, exactly-once command store. Implementations are cheap to share (`Arc`).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Atomically sets the term to the current term + 1 with `holder` as its holder, and
-    /// returns the new term.
-    async fn claim_term(&self, holder: &str) -> Result<u64>;
+    /// Atomically sets the term to the current term + 1 with the claimer as its holder and
+    /// its lease starting now, and returns the new term — unless the current holder's lease
+    /// is still running by the store's clock ([`StoreError::LeaseHeld`]): a holder that
+    /// renews its lease cannot be deposed by a claimer that merely cannot reach it. A released
+    /// lease, one held by the claimer itself, or one of the holder named in
+    /// [`Claim::break_holder`] does not count.
+    async fn claim(&self, claim: Claim<'_>) -> Result<u64>;
+
+    /// [`Store::claim`] without a lease of its own and without breaking any.
+    async fn claim_term(&self, holder: &str) -> Result<u64> {
+        self.claim(Claim {
+            holder,
+            lease: std::time::Duration::ZERO,
+            break_holder: None,
+        })
+        .await
+    }
+
+    /// Restarts the lease of `term`'s holder, by the store's clock (fenced). Batches that
+    /// write renew it too.
+    async fn renew_lease(&self, term: u64) -> Result<()>;
+
+    /// Ends the lease of `term`'s holder (fenced): the next claim need not wait for it.
+    async fn release_lease(&self, term: u64) -> Result<()>;
 
     /// Applies `ops` in order under `term`, in one atomic operation: fenced (fails with
     /// [`StoreError::Fenced`] and no effect unless `term` is current), exactly-once by id

@@ -6,6 +6,8 @@
 //!
 //! # Layout
 //! - this module: single commands — fencing, exactly-once, order, semantics, paging;
+//! - [`lease`]: a claim waits for the holder's lease unless released, run out, its own, or
+//!   broken by a claimer that knows the holder dead;
 //! - [`batch`]: group commit — a batch answers as one-at-a-time execution would (the same
 //!   command stream through both paths, compared result by result), a fenced batch applies
 //!   nothing, a repeated id inside a batch, a batch that fails midway.
@@ -18,6 +20,7 @@ use serde_json::json;
 use super::{Store, StoreError};
 
 mod batch;
+mod lease;
 
 /// Two independent handles on one fresh, empty store.
 pub type Pair = (Arc<dyn Store>, Arc<dyn Store>);
@@ -61,6 +64,9 @@ pub async fn run_all(backend: &impl Backend) {
     case!(batch::a_fenced_batch_applies_nothing);
     case!(batch::a_repeated_id_inside_a_batch_is_a_duplicate);
     case!(batch::reads_in_a_batch_see_the_writes_before_them);
+    case!(lease::a_running_lease_refuses_other_claimers);
+    case!(lease::a_released_lease_lets_the_next_claim_through);
+    case!(lease::a_lease_runs_out_unless_renewed);
     eprintln!("conformance: batch::a_batch_that_fails_midway_applies_nothing");
     batch::a_batch_that_fails_midway_applies_nothing(backend).await;
 }

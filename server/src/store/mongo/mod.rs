@@ -5,8 +5,10 @@
 //! `snapshot`. The semantics of each command come from [`logic`], as for the embedded backend.
 //!
 //! # Schema
-//! - `fence`: one document `{_id: "fence", term, holder, seq, claimed_at}` (`term`/`seq` Int64,
-//!   `claimed_at` a DateTime), created with term 0 at connect unless it exists.
+//! - `fence`: one document `{_id: "fence", term, holder, seq, claimed_at, lease_at, lease_ms}`
+//!   (`term`/`seq`/`lease_ms` Int64, `claimed_at`/`lease_at` DateTimes), created with term 0 at
+//!   connect unless it exists. `lease_at` is always set by the server (`$currentDate`) and a
+//!   claim compares it with the server's clock, read the same way: hosts' clocks never meet.
 //! - `kv`: `{_id: key, value}` with `value` the JSON text of the value. Text rather than BSON
 //!   because text round-trips every JSON value exactly: BSON has no u64 (`u64::MAX` would not
 //!   survive), and object keys with `$` or `.` need care as field names.
@@ -49,7 +51,7 @@ mod errors;
 
 use self::errors::{Attempt, Fail, MAX_BACKOFF, MIN_BACKOFF, code, commit, describe, is_transient};
 use super::logic::{self, ListQuery, Snapshot};
-use super::{Applied, FenceState, Op, Record, Result, Store, StoreError};
+use super::{Applied, Claim, FenceState, Op, Record, Result, Store, StoreError};
 
 const FENCE_ID: &str = "fence";
 
@@ -178,7 +180,7 @@ impl MongoStore {
         }
     }
 
-    async fn claim_once(&self, holder: &str) -> Attempt<u64> {
+    async fn claim_once(&self, claim: Claim<'_>) -> Attempt<u64> {
         // A coordinator killed in the middle of a transaction leaves it open, holding the fence
         // document, until the server reaps it (transactionLifetimeLimitSeconds, 60 s by
         // default): the claim below would wait that long and failover with it. A new term
@@ -188,17 +190,70 @@ impl MongoStore {
         if let Err(e) = self.client.database("admin").run_command(kill).await {
             tracing::debug!(error = %describe(&e), "killAllSessions before claiming failed");
         }
-        let update = doc! {
-            "$inc": { "term": 1_i64 },
-            "$set": { "holder": holder, "claimed_at": DateTime::now() },
-        };
+        let mut session = self.client.start_session().await?;
+        session
+            .start_transaction()
+            .read_concern(ReadConcern::snapshot())
+            .write_concern(WriteConcern::majority())
+            .await?;
+        // The store's clock, read by having it stamp the fence document.
         let fence = self
             .fence
-            .find_one_and_update(doc! { "_id": FENCE_ID }, update)
+            .find_one_and_update(
+                doc! { "_id": FENCE_ID },
+                doc! { "$currentDate": { "clock": true } },
+            )
             .return_document(ReturnDocument::After)
+            .session(&mut session)
             .await?
             .ok_or_else(|| StoreError::Corrupt("the fence document is gone".into()))?;
-        Ok(int(&fence, "term")?)
+        let now = fence
+            .get_datetime("clock")
+            .map(|d| d.timestamp_millis())
+            .unwrap_or(0);
+        let lease_at = fence
+            .get_datetime("lease_at")
+            .map(|d| d.timestamp_millis())
+            .unwrap_or(0);
+        let lease_ms = fence.get_i64("lease_ms").unwrap_or(0);
+        let current = fence.get_str("holder").unwrap_or_default();
+        let remaining = lease_at + lease_ms - now;
+        if remaining > 0 && current != claim.holder && claim.break_holder != Some(current) {
+            return Err(StoreError::LeaseHeld {
+                holder: current.to_string(),
+                remaining_ms: remaining as u64,
+            }
+            .into());
+        }
+        let term = int(&fence, "term")? + 1;
+        let update = doc! {
+            "$set": {
+                "term": term as i64, "holder": claim.holder,
+                "lease_ms": claim.lease.as_millis() as i64, "claimed_at": DateTime::now(),
+            },
+            "$currentDate": { "lease_at": true },
+        };
+        self.fence
+            .update_one(doc! { "_id": FENCE_ID }, update)
+            .session(&mut session)
+            .await?;
+        commit(&mut session).await?;
+        Ok(term)
+    }
+
+    /// Applies `update` to the fence document if `term` is current.
+    async fn lease_once(&self, term: u64, update: Document) -> Attempt<()> {
+        let fenced = doc! { "_id": FENCE_ID, "term": term as i64 };
+        let updated = self.fence.update_one(fenced, update).await?;
+        if updated.matched_count == 1 {
+            return Ok(());
+        }
+        let current = self.read_fence(None).await?.term;
+        Err(StoreError::Fenced {
+            mine: term,
+            current,
+        }
+        .into())
     }
 
     /// One transaction of [`Store::apply_batch`]: the fence check, one query each for the
@@ -316,9 +371,14 @@ impl MongoStore {
         if plan.seq != start_seq {
             // Filtered on the term: a claim that committed since this transaction's snapshot
             // makes it a write conflict, and the retry finds the newer term.
+            // Writing anyway: renew the lease in the same update.
+            let update = doc! {
+                "$set": { "seq": plan.seq as i64 },
+                "$currentDate": { "lease_at": true },
+            };
             let updated = self
                 .fence
-                .update_one(fenced, doc! { "$set": { "seq": plan.seq as i64 } })
+                .update_one(fenced, update)
                 .session(&mut session)
                 .await?;
             if updated.matched_count != 1 {
@@ -408,11 +468,24 @@ impl MongoStore {
 
 #[async_trait]
 impl Store for MongoStore {
-    async fn claim_term(&self, holder: &str) -> Result<u64> {
+    async fn claim(&self, claim: Claim<'_>) -> Result<u64> {
         // A retry after a lost reply may claim twice and skip a term number: harmless, terms
-        // only have to increase, and the holder is the same.
-        self.retrying("claim term", || self.claim_once(holder))
-            .await
+        // only have to increase, and the holder (whose own lease does not stop it) is the same.
+        self.retrying("claim term", || self.claim_once(claim)).await
+    }
+
+    async fn renew_lease(&self, term: u64) -> Result<()> {
+        self.retrying("renew lease", || {
+            self.lease_once(term, doc! { "$currentDate": { "lease_at": true } })
+        })
+        .await
+    }
+
+    async fn release_lease(&self, term: u64) -> Result<()> {
+        self.retrying("release lease", || {
+            self.lease_once(term, doc! { "$set": { "lease_ms": 0_i64 } })
+        })
+        .await
     }
 
     async fn apply_batch(&self, term: u64, ops: &[Op]) -> Result<Vec<Result<Applied>>> {
