@@ -74,6 +74,10 @@ async fn a_short_chaos_batch_finds_no_violation() {
         );
     }
     assert!(summary.messages_dropped > 0, "partitions dropped nothing");
+    // No live coordinator was deposed across a partition (each would be a violation above),
+    // and there were partitions to check that over.
+    assert_eq!(summary.depositions, 0);
+    assert!(summary.partitions_checked > 0, "no partition to check");
     assert!(
         summary.ops_ok > RUNS * 100,
         "too little progress:\n{summary}"

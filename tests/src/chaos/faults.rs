@@ -27,6 +27,26 @@ pub struct Event {
     pub what: String,
 }
 
+/// A partition as carried out: who was cut off from whom, when, and who was coordinator as it
+/// began (milliseconds since the workload started).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct PartitionWindow {
+    pub id: u64,
+    pub isolated: Vec<usize>,
+    pub from_ms: u64,
+    /// `None`: healed at the end of the run.
+    pub to_ms: Option<u64>,
+    pub coordinator: Option<usize>,
+}
+
+/// A server not running (killed until restarted, paused until resumed).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Outage {
+    pub server: usize,
+    pub from_ms: u64,
+    pub to_ms: Option<u64>,
+}
+
 pub struct Injector {
     pub cluster: ChaosCluster,
     pub secantus: Option<Secantus>,
@@ -38,6 +58,8 @@ pub struct Injector {
     /// Planned faults (or their undoing) that could not be carried out: what went wrong. A
     /// run with any of these fails: it did not test what its plan says.
     pub failed: Vec<String>,
+    pub partitions: Vec<PartitionWindow>,
+    pub outages: Vec<Outage>,
     epoch: Instant,
     pending: Vec<(u64, Undo)>,
     next_id: u64,
@@ -52,6 +74,8 @@ impl Injector {
             injected: BTreeMap::new(),
             skipped: 0,
             failed: Vec::new(),
+            partitions: Vec::new(),
+            outages: Vec::new(),
             epoch,
             pending: Vec::new(),
             next_id: 0,
@@ -65,6 +89,22 @@ impl Injector {
     fn log(&mut self, what: String) {
         let at_ms = self.now_ms();
         self.events.push(Event { at_ms, what });
+    }
+
+    fn down(&mut self, server: usize) {
+        let from_ms = self.now_ms();
+        self.outages.push(Outage {
+            server,
+            from_ms,
+            to_ms: None,
+        });
+    }
+
+    fn up(&mut self, server: usize) {
+        let now = self.now_ms();
+        for outage in self.outages.iter_mut().filter(|o| o.server == server) {
+            outage.to_ms.get_or_insert(now);
+        }
     }
 
     /// Notes a fault that could not be carried out.
@@ -112,13 +152,21 @@ impl Injector {
             self.undo_next().await;
         }
         self.cluster.links.heal_all();
+        let now = self.now_ms();
+        for window in &mut self.partitions {
+            window.to_ms.get_or_insert(now);
+        }
         for i in 0..self.cluster.servers.len() {
             match self.cluster.servers[i].life {
-                Life::Paused => self.cluster.resume(i),
+                Life::Paused => {
+                    self.cluster.resume(i);
+                    self.up(i);
+                }
                 Life::Down => {
                     let _ = self.cluster.reap(i, Duration::from_secs(6)).await;
-                    if let Err(e) = self.cluster.spawn(i) {
-                        self.fail(format!("restarting s{i} failed: {e}"));
+                    match self.cluster.spawn(i) {
+                        Ok(()) => self.up(i),
+                        Err(e) => self.fail(format!("restarting s{i} failed: {e}")),
                     }
                 }
                 Life::Running => {}
@@ -143,16 +191,24 @@ impl Injector {
                 let _ = self.cluster.reap(server, Duration::from_secs(6)).await;
                 self.cluster.servers[server].rank = rank;
                 match self.cluster.spawn(server) {
-                    Ok(()) => self.log(format!("restarted s{server} with rank {rank}")),
+                    Ok(()) => {
+                        self.up(server);
+                        self.log(format!("restarted s{server} with rank {rank}"))
+                    }
                     Err(e) => self.fail(format!("restarting s{server} failed: {e}")),
                 }
             }
             Undo::Resume { server } => {
                 self.cluster.resume(server);
+                self.up(server);
                 self.log(format!("resumed s{server}"));
             }
             Undo::Heal { fault } => {
                 self.cluster.links.heal(fault);
+                let now = self.now_ms();
+                if let Some(window) = self.partitions.iter_mut().find(|w| w.id == fault) {
+                    window.to_ms = Some(now);
+                }
                 self.log(format!("healed partition #{fault}"));
             }
         }
@@ -225,6 +281,7 @@ impl Injector {
                     return self.skip_no_target(fault).await;
                 };
                 self.cluster.kill(i);
+                self.down(i);
                 self.pending.push((
                     now + restart_after_ms,
                     Undo::Restart {
@@ -242,6 +299,7 @@ impl Injector {
                     return self.skip_no_target(fault).await;
                 };
                 self.cluster.pause(i);
+                self.down(i);
                 self.pending
                     .push((now + for_ms, Undo::Resume { server: i }));
                 self.log(format!("{}: SIGSTOP s{i} for {for_ms} ms", fault.name()));
@@ -278,6 +336,14 @@ impl Injector {
                     }
                 }
                 self.pending.push((now + for_ms, Undo::Heal { fault: id }));
+                let coordinator = self.cluster.coordinator().await;
+                self.partitions.push(PartitionWindow {
+                    id,
+                    isolated: isolated.clone(),
+                    from_ms: now,
+                    to_ms: None,
+                    coordinator,
+                });
                 self.log(format!(
                     "{}: partition #{id} isolates {isolated:?} ({direction:?}, {mode:?}) for {for_ms} ms",
                     fault.name()
@@ -291,6 +357,7 @@ impl Injector {
                 let Some(i) = self.resolve(*target, planned.pick, &running).await else {
                     return self.skip_no_target(fault).await;
                 };
+                self.down(i);
                 if *graceful {
                     self.cluster.terminate(i);
                     self.log(format!("{}: SIGTERM s{i}", fault.name()));
@@ -310,6 +377,7 @@ impl Injector {
                 if let Err(e) = self.cluster.spawn(i) {
                     return self.fail(format!("{}: restarting s{i} failed: {e}", fault.name()));
                 }
+                self.up(i);
                 self.log(format!("restarted s{i} with rank {new_rank}"));
             }
             Fault::StoreStepDown { secs } => {

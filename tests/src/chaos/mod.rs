@@ -56,6 +56,10 @@ pub struct Summary {
     pub claims: usize,
     /// Acknowledged fresh writes traced to the process that claimed their term.
     pub attributed: usize,
+    /// Partitions whose isolated side was apart from a live coordinator.
+    pub partitions_checked: usize,
+    /// Live coordinators deposed across a partition (violations).
+    pub depositions: usize,
     /// Seeds of runs with violations, and where their reports are.
     pub failed: Vec<(u64, Option<std::path::PathBuf>)>,
     /// Runs the harness itself could not carry out (seed, reason).
@@ -79,6 +83,8 @@ impl Summary {
         self.checked_ops += s.checks.checked_ops;
         self.claims += s.checks.claims;
         self.attributed += s.checks.attributed;
+        self.depositions += s.checks.depositions;
+        self.partitions_checked += s.partitions;
         self.violations += report.violations.len();
         if !report.violations.is_empty() {
             self.failed
@@ -124,6 +130,11 @@ impl fmt::Display for Summary {
             "checked: {} operations for linearizability, {} claimed terms, {} writes traced to \
              their term's claimer",
             self.checked_ops, self.claims, self.attributed
+        )?;
+        writeln!(
+            f,
+            "live coordinators deposed by a partitioned server: {} (over {} partitions)",
+            self.depositions, self.partitions_checked
         )?;
         writeln!(f, "violations: {}", self.violations)?;
         for (seed, file) in &self.failed {

@@ -58,6 +58,9 @@ pub struct RunStats {
     pub faults_skipped: usize,
     /// Planned faults that could not be carried out (each also a violation).
     pub faults_failed: usize,
+    /// Partitions carried out.
+    #[serde(default)]
+    pub partitions: usize,
     pub messages_dropped: u64,
     pub checks: CheckStats,
     pub elapsed_ms: u64,
@@ -113,6 +116,10 @@ pub async fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport, String>
 
     // The workload and the faults.
     let epoch = Instant::now();
+    let epoch_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     let stop = Arc::new(AtomicBool::new(false));
     let servers = cluster.client_addrs();
     let clients: Vec<_> = (0..plan.clients)
@@ -222,6 +229,9 @@ pub async fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport, String>
         fence: fence.as_ref(),
         logs: &log_refs,
         budget: options.budget,
+        partitions: &injector.partitions,
+        outages: &injector.outages,
+        epoch_unix_ms,
     });
     violations.extend(found);
     for what in &injector.failed {
@@ -243,6 +253,7 @@ pub async fn run(plan: &Plan, options: &RunOptions) -> Result<RunReport, String>
         faults: injector.injected.clone(),
         faults_skipped: injector.skipped,
         faults_failed: injector.failed.len(),
+        partitions: injector.partitions.len(),
         messages_dropped,
         checks: check_stats,
         elapsed_ms: started.elapsed().as_millis() as u64,

@@ -16,6 +16,8 @@
 //!   acknowledged fresh (non-duplicate) command was applied by the process that claimed its
 //!   term. So at most one coordinator commits in any term.
 //! - **crashes**: no server exits or panics unless the harness made it.
+//! - **partitions**: no server claims a term across a partition from a coordinator that is
+//!   alive (the lease on the fence forbids it).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -25,6 +27,7 @@ use bully_server::store::{FenceState, Record};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::faults::{Outage, PartitionWindow};
 use super::history::{OpRecord, OpResult, Resolved, resolve};
 use super::linearizability::kv::{KeyResult, check_kv, replay_in_order};
 use crate::harness::invariants;
@@ -54,6 +57,10 @@ pub struct Evidence<'a> {
     /// One log file per server.
     pub logs: &'a [&'a Path],
     pub budget: u64,
+    /// The partitions and outages the faults made, in milliseconds since `epoch_unix_ms`.
+    pub partitions: &'a [PartitionWindow],
+    pub outages: &'a [Outage],
+    pub epoch_unix_ms: u64,
 }
 
 /// What the checks counted, for the summary.
@@ -63,6 +70,8 @@ pub struct CheckStats {
     pub claims: usize,
     pub attributed: usize,
     pub unattributed: usize,
+    /// Terms claimed across a partition from a live coordinator (each also a violation).
+    pub depositions: usize,
 }
 
 pub fn run_all(evidence: &Evidence<'_>) -> (Vec<Violation>, CheckStats) {
@@ -82,7 +91,64 @@ pub fn run_all(evidence: &Evidence<'_>) -> (Vec<Violation>, CheckStats) {
     exactly_once(evidence, &mut violations);
     order(evidence.history, &resolved, &mut violations);
     terms(evidence, &mut violations, &mut stats);
+    depositions(evidence, &mut violations, &mut stats);
     (violations, stats)
+}
+
+/// A live coordinator deposed by a partitioned server: a term claimed by a server on the
+/// other side of a partition from the coordinator of the moment it began, while that
+/// coordinator was running (neither killed nor paused). The lease on the fence forbids it.
+fn depositions(evidence: &Evidence<'_>, out: &mut Vec<Violation>, stats: &mut CheckStats) {
+    for (server, path) in evidence.logs.iter().enumerate() {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            continue; // reported by the term checks
+        };
+        for line in text.lines() {
+            let Ok(value) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            if value.get("message").and_then(Value::as_str) != Some("claimed term") {
+                continue;
+            }
+            let Some(at) = value
+                .get("timestamp")
+                .and_then(Value::as_str)
+                .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            else {
+                continue;
+            };
+            let Some(at) = (at.as_millis() as u64).checked_sub(evidence.epoch_unix_ms) else {
+                continue;
+            };
+            let term = value.get("term").and_then(Value::as_u64).unwrap_or(0);
+            let running = |s: usize| {
+                !evidence
+                    .outages
+                    .iter()
+                    .any(|o| o.server == s && o.from_ms <= at && o.to_ms.is_none_or(|to| at <= to))
+            };
+            for window in evidence.partitions {
+                let active = window.from_ms <= at && window.to_ms.is_none_or(|to| at <= to);
+                let Some(coordinator) = window.coordinator else {
+                    continue;
+                };
+                let apart =
+                    window.isolated.contains(&server) != window.isolated.contains(&coordinator);
+                if active && apart && coordinator != server && running(coordinator) {
+                    stats.depositions += 1;
+                    out.push(violation(
+                        "partition-deposed",
+                        format!(
+                            "s{server} claimed term {term} at {at} ms across partition #{} from \
+                             the live coordinator s{coordinator}",
+                            window.id
+                        ),
+                    ));
+                }
+            }
+        }
+    }
 }
 
 fn describe(history: &[OpRecord], index: usize) -> String {

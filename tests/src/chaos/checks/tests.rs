@@ -1,6 +1,7 @@
 //! Every check fed a known-bad input reports it; the unaltered input passes.
 
 use super::*;
+use crate::chaos::faults::{Outage, PartitionWindow};
 use bully_client::CommandResponse;
 use serde_json::json;
 
@@ -9,6 +10,8 @@ struct Case {
     records: HashMap<String, Record>,
     counters: BTreeMap<String, Option<Value>>,
     logs: Vec<Vec<Value>>,
+    partitions: Vec<PartitionWindow>,
+    outages: Vec<Outage>,
 }
 
 fn ack(
@@ -108,8 +111,13 @@ fn good() -> Case {
         records,
         counters,
         logs,
+        partitions: Vec::new(),
+        outages: Vec::new(),
     }
 }
+
+/// The workload's start in these cases: 2026-12-02T00:00:00Z.
+const EPOCH_UNIX_MS: u64 = 1_796_169_600_000;
 
 /// The checks that report something for `case`.
 fn failing(case: &Case) -> Vec<Violation> {
@@ -138,6 +146,9 @@ fn failing(case: &Case) -> Vec<Violation> {
         fence: Some(&fence),
         logs: &logs,
         budget: super::super::linearizability::DEFAULT_BUDGET,
+        partitions: &case.partitions,
+        outages: &case.outages,
+        epoch_unix_ms: EPOCH_UNIX_MS,
     });
     violations
 }
@@ -370,5 +381,48 @@ fn missing_logs_and_unlogged_writes_fail_the_term_checks() {
             .iter()
             .any(|v| v.message.contains("no server's log shows a claimed term")),
         "{found:?}"
+    );
+}
+
+#[test]
+fn a_claim_across_a_partition_from_a_live_coordinator_is_caught() {
+    // s1 is cut off from s0, the coordinator, from 1 s to 3 s, and claims term 2 at 2 s.
+    let claim_at_2s = line(
+        "claimed term",
+        json!({"term": 2, "timestamp": "2026-12-02T00:00:02.000Z"}),
+    );
+    let mut case = good();
+    case.logs[1].push(claim_at_2s.clone());
+    case.partitions = vec![PartitionWindow {
+        id: 1,
+        isolated: vec![1],
+        from_ms: 1_000,
+        to_ms: Some(3_000),
+        coordinator: Some(0),
+    }];
+    let found = failing(&case);
+    assert!(
+        found.iter().any(|v| v.check == "partition-deposed"),
+        "{found:?}"
+    );
+    // Not if the coordinator was down (paused or killed) at the time.
+    case.outages = vec![Outage {
+        server: 0,
+        from_ms: 1_500,
+        to_ms: None,
+    }];
+    assert!(
+        !failing(&case)
+            .iter()
+            .any(|v| v.check == "partition-deposed"),
+        "a claim while the coordinator was down counted"
+    );
+    // Nor after the partition healed.
+    case.outages.clear();
+    case.partitions[0].to_ms = Some(1_800);
+    assert!(
+        !failing(&case)
+            .iter()
+            .any(|v| v.check == "partition-deposed")
     );
 }
