@@ -22,6 +22,8 @@ pub struct ClientOptions {
     pub attempt_timeout: Duration,
     /// Bearer token sent with every request, if the servers require one.
     pub token: Option<String>,
+    /// HTTPS, verifying servers this way ([`crate::tls::client_config`]); plain HTTP if `None`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for ClientOptions {
@@ -30,6 +32,7 @@ impl Default for ClientOptions {
             timeout: Duration::from_secs(15),
             attempt_timeout: Duration::from_secs(2),
             token: None,
+            tls: None,
         }
     }
 }
@@ -74,8 +77,11 @@ impl Client {
                 "no servers given (use --servers host:port,... or --servers-dns name:port)".into(),
             ));
         }
-        let http = reqwest::Client::builder()
-            .pool_idle_timeout(Duration::from_secs(30))
+        let mut builder = reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(30));
+        if let Some(tls) = &options.tls {
+            builder = builder.use_preconfigured_tls((**tls).clone());
+        }
+        let http = builder
             .build()
             .map_err(|e| ClientError::Config(format!("cannot build HTTP client: {e}")))?;
         Ok(Client {
@@ -167,7 +173,7 @@ impl Client {
     /// `GET /v1/status` of one server.
     pub async fn status(&self, server: &str) -> Result<Status, String> {
         let response = self
-            .request(self.http.get(url(server, "/v1/status")))
+            .request(self.http.get(self.url(server, "/v1/status")))
             .timeout(self.options.attempt_timeout)
             .send()
             .await
@@ -180,6 +186,11 @@ impl Client {
             .json()
             .await
             .map_err(|e| format!("bad status body: {e}"))
+    }
+
+    /// `server`'s URL for `path`, `https` when TLS is on.
+    fn url(&self, server: &str, path: &str) -> String {
+        url_with(self.options.tls.is_some(), server, path)
     }
 
     fn exhausted(&self, errors: BTreeMap<String, String>) -> ClientError {
@@ -198,7 +209,7 @@ impl Client {
 
     async fn attempt(&self, server: &str, request: &CommandRequest, budget: Duration) -> Attempt {
         let sent = self
-            .request(self.http.post(url(server, "/v1/commands")))
+            .request(self.http.post(self.url(server, "/v1/commands")))
             .timeout(budget)
             .json(request)
             .send()
@@ -262,9 +273,16 @@ enum Attempt {
 
 /// `http://host:port/path` from `host:port` or a full base URL.
 pub fn url(server: &str, path: &str) -> String {
+    url_with(false, server, path)
+}
+
+/// `http[s]://host:port/path` from `host:port` (`https` when `tls`) or a full base URL.
+pub fn url_with(tls: bool, server: &str, path: &str) -> String {
     let base = server.trim_end_matches('/');
     if base.starts_with("http://") || base.starts_with("https://") {
         format!("{base}{path}")
+    } else if tls {
+        format!("https://{base}{path}")
     } else {
         format!("http://{base}{path}")
     }
@@ -280,8 +298,11 @@ fn strip_scheme(s: &str) -> &str {
         .trim_end_matches('/')
 }
 
-fn describe_transport_error(e: reqwest::Error) -> String {
-    if e.is_timeout() {
+/// A transport error in words (never with headers, so never with a token).
+pub fn describe_transport_error(e: reqwest::Error) -> String {
+    if let Some(tls) = crate::tls::explain(&e) {
+        tls
+    } else if e.is_timeout() {
         "timed out".to_string()
     } else if e.is_connect() {
         "connection failed".to_string()

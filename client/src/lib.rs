@@ -7,12 +7,14 @@
 //! - [`wire`]: commands, responses, error bodies and status, as sent over HTTP.
 //! - [`client`]: [`Client`], which finds the coordinator and retries with one command id.
 //! - [`resolve`]: turns `NAME:PORT` into every address DNS returns for NAME.
-//! - [`token`]: reading and checking a bearer token file.
+//! - [`token`]: reading and checking a bearer token file; [`tls`]: verifying servers against
+//!   the cluster's CA.
 //! - `process` (feature `process`): shutdown signal and logging of long-running processes.
 
 pub mod client;
 #[cfg(feature = "process")]
 pub mod process;
+pub mod tls;
 pub mod token;
 pub mod wire;
 

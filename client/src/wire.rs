@@ -391,6 +391,8 @@ pub enum ErrorCode {
     Unauthorized,
     /// No such route.
     NotFound,
+    /// Plain HTTP on a port that speaks HTTPS.
+    TlsRequired,
     /// This server is not the coordinator; `coordinator` names the one it knows.
     NotCoordinator,
     /// No coordinator is known right now (an election is under way).

@@ -14,51 +14,69 @@ pub trait StatusFetcher: Send + Sync + 'static {
     async fn fetch(&self, ip: &str, port: u16, path: &str) -> Result<Status, Missing>;
 }
 
-/// The real fetcher: plain HTTP with a short timeout.
+/// The real fetcher: HTTP (or HTTPS, verifying the servers as every bully client does) with a
+/// short timeout.
 pub struct HttpStatusFetcher {
     http: reqwest::Client,
     token: Option<String>,
+    tls: bool,
 }
 
 impl HttpStatusFetcher {
     /// `timeout` bounds the whole request. It must stay well below the poll interval (1 s by
     /// default) so that one hung server does not delay the verdict on the others; 500 ms is
     /// generous for a status read on a cluster network.
-    pub fn new(timeout: Duration, token: Option<String>) -> reqwest::Result<Self> {
-        let http = reqwest::Client::builder()
+    pub fn new(
+        timeout: Duration,
+        token: Option<String>,
+        tls: Option<rustls::ClientConfig>,
+    ) -> reqwest::Result<Self> {
+        let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             // Pods come and go; a pooled connection to a dead pod IP would just time out.
-            .pool_max_idle_per_host(1)
-            .build()?;
-        Ok(HttpStatusFetcher { http, token })
+            .pool_max_idle_per_host(1);
+        let secure = tls.is_some();
+        if let Some(config) = tls {
+            builder = builder.use_preconfigured_tls(config);
+        }
+        Ok(HttpStatusFetcher {
+            http: builder.build()?,
+            token,
+            tls: secure,
+        })
     }
 }
 
 /// `ip` may be IPv6 (pods in dual-stack or IPv6-only clusters).
-pub fn status_url(ip: &str, port: u16, path: &str) -> String {
+pub fn status_url(tls: bool, ip: &str, port: u16, path: &str) -> String {
     let path = if path.starts_with('/') {
         path.to_string()
     } else {
         format!("/{path}")
     };
+    let scheme = if tls { "https" } else { "http" };
     if ip.contains(':') {
-        format!("http://[{ip}]:{port}{path}")
+        format!("{scheme}://[{ip}]:{port}{path}")
     } else {
-        format!("http://{ip}:{port}{path}")
+        format!("{scheme}://{ip}:{port}{path}")
     }
 }
 
 #[async_trait]
 impl StatusFetcher for HttpStatusFetcher {
     async fn fetch(&self, ip: &str, port: u16, path: &str) -> Result<Status, Missing> {
-        let url = status_url(ip, port, path);
+        let url = status_url(self.tls, ip, port, path);
         let mut request = self.http.get(&url);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
         let response = request.send().await.map_err(|err| {
-            tracing::debug!(%url, error = %err, "status request failed");
+            match bully_client::tls::explain(&err) {
+                // A certificate that does not verify is a set-up problem worth a warning.
+                Some(why) => tracing::warn!(%url, error = %why, "status request refused by TLS"),
+                None => tracing::debug!(%url, error = %err, "status request failed"),
+            }
             Missing::Unreachable
         })?;
         if !response.status().is_success() {
@@ -79,11 +97,11 @@ mod tests {
     #[test]
     fn urls() {
         assert_eq!(
-            status_url("10.1.2.3", 7070, "/v1/status"),
+            status_url(false, "10.1.2.3", 7070, "/v1/status"),
             "http://10.1.2.3:7070/v1/status"
         );
         assert_eq!(
-            status_url("fd00::1", 7070, "v1/status"),
+            status_url(true, "fd00::1", 7070, "v1/status"),
             "http://[fd00::1]:7070/v1/status"
         );
     }
@@ -114,7 +132,7 @@ mod tests {
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
         let timeout = Duration::from_millis(500);
-        let fetcher = HttpStatusFetcher::new(timeout, Some("s3cret".into())).unwrap();
+        let fetcher = HttpStatusFetcher::new(timeout, Some("s3cret".into()), None).unwrap();
         let status = fetcher
             .fetch("127.0.0.1", port, "/v1/status")
             .await
@@ -124,7 +142,7 @@ mod tests {
             fetcher.fetch("127.0.0.1", port, "/junk").await,
             Err(Missing::BadResponse)
         );
-        let anonymous = HttpStatusFetcher::new(timeout, None).unwrap();
+        let anonymous = HttpStatusFetcher::new(timeout, None, None).unwrap();
         assert_eq!(
             anonymous.fetch("127.0.0.1", port, "/v1/status").await,
             Err(Missing::BadResponse)

@@ -45,6 +45,13 @@ pub struct RunArgs {
     /// Bearer token for the servers' status endpoint (the servers' `--token-file`).
     #[arg(long, env = "BULLY_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// Reach the servers over HTTPS, verifying them against this CA file (PEM), as when the
+    /// servers run with TLS.
+    #[arg(long, env = "BULLY_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// The DNS name the servers' certificates must carry (they are reached by pod IP).
+    #[arg(long, env = "BULLY_TLS_SERVER_NAME", requires = "ca_file")]
+    pub tls_server_name: Option<String>,
     /// Label selector narrowing the pod watch (e.g. `app.kubernetes.io/name=bully`). Only a
     /// trigger: reconciles list pods by each cluster's own selector.
     #[arg(long, env = "BULLY_CONTROLLER_POD_SELECTOR")]
@@ -70,7 +77,18 @@ pub async fn run(
         Some(path) => Some(bully_client::token::read_token_file(path).context("--token-file")?),
         None => None,
     };
-    let fetcher = HttpStatusFetcher::new(args.status_timeout, token)
+    let tls = match &args.ca_file {
+        Some(ca) => Some(
+            bully_client::tls::client_config(&bully_client::tls::TlsFiles {
+                ca: ca.clone(),
+                server_name: args.tls_server_name.clone(),
+                identity: None,
+            })
+            .context("--ca-file")?,
+        ),
+        None => None,
+    };
+    let fetcher = HttpStatusFetcher::new(args.status_timeout, token, tls)
         .context("building the HTTP client for server status")?;
 
     let client = kube::Client::try_default()

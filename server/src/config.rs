@@ -127,6 +127,22 @@ pub struct ServeArgs {
     /// On SIGTERM, how long a coordinator may take to drain its queue and hand over.
     #[arg(long, env = "BULLY_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+    /// Serve the client and peer APIs over HTTPS with this certificate chain (PEM), reloaded
+    /// when the file changes. The certificate must allow server and client authentication
+    /// (peers present it to each other).
+    #[arg(long, env = "BULLY_TLS_CERT_FILE", requires_all = ["tls_key_file", "tls_client_ca_file"])]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key of --tls-cert-file (PEM), reloaded with it.
+    #[arg(long, env = "BULLY_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// The CA that signs the servers' certificates (PEM): the peer API demands a client
+    /// certificate it signed (mutual TLS), and peers are verified against it.
+    #[arg(long, env = "BULLY_TLS_CLIENT_CA_FILE", requires = "tls_cert_file")]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// The DNS name peers' certificates must carry, since peers are dialled by IP. Default:
+    /// the address dialled (then the certificates need IP SANs).
+    #[arg(long, env = "BULLY_TLS_SERVER_NAME", requires = "tls_cert_file")]
+    pub tls_server_name: Option<String>,
     /// File holding the bearer token required on the client and peer APIs.
     #[arg(long, env = "BULLY_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
@@ -227,6 +243,16 @@ impl ServeArgs {
             return fail("--listen and --peer-listen must differ".into());
         }
         Ok(())
+    }
+
+    /// The TLS files, when TLS is on.
+    pub fn tls_files(&self) -> Option<crate::tls::ServerTlsFiles> {
+        Some(crate::tls::ServerTlsFiles {
+            cert: self.tls_cert_file.clone()?,
+            key: self.tls_key_file.clone()?,
+            client_ca: self.tls_client_ca_file.clone()?,
+            server_name: self.tls_server_name.clone(),
+        })
     }
 
     /// The cluster size a new server waits for: `--expected-servers`, else the static peer

@@ -53,7 +53,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::UnknownCommand
         | ErrorCode::InvalidId
         | ErrorCode::KeyTooLong
-        | ErrorCode::PageTooLarge => StatusCode::BAD_REQUEST,
+        | ErrorCode::PageTooLarge
+        | ErrorCode::TlsRequired => StatusCode::BAD_REQUEST,
         ErrorCode::ValueTooLarge | ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::IdConflict => StatusCode::CONFLICT,
         ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,

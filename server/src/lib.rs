@@ -12,7 +12,8 @@
 //! - [`executor`]: the single task that applies commands in order; [`driver`]: the task that
 //!   does the election's I/O; [`peers`]: discovery (static list, DNS) and the peer transport.
 //! - [`http`]: the client and peer APIs, health, status and metrics (store errors become HTTP
-//!   errors here); [`auth`], [`error`], [`metrics`], [`config`]: leaves they use.
+//!   errors here); [`auth`], [`error`], [`metrics`], [`config`]: leaves they use; [`tls`]:
+//!   HTTPS listeners with reloaded certificates.
 //! - this module: [`run`] wires one server together; [`local`]: the one-command cluster.
 //!
 //! Data path of one command: client → [`http`] (decode, validate) → executor queue →
@@ -42,12 +43,15 @@ pub mod metrics;
 pub mod peers;
 pub mod store;
 pub mod timings;
+pub mod tls;
 
 use config::{ServeArgs, ServerConfig, StoreKind};
 use election::NodeInfo;
+use http::limits::LimitedListener;
 use messages::{Event, View};
 use peers::discovery::Discovery;
 use store::Store;
+use tls::TlsListener;
 
 /// Opens the configured store backend (creating its schema if needed).
 pub async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn Store>> {
@@ -113,6 +117,25 @@ fn join_host_port(host: &str, port: u16) -> String {
     } else {
         format!("{host}:{port}")
     }
+}
+
+/// Serves `router` on `listener` until `stop` turns true.
+fn spawn_server<L>(
+    listener: L,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<std::io::Result<()>>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    tokio::spawn(
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            })
+            .into_future(),
+    )
 }
 
 /// Runs one server on the given listeners until `shutdown` completes, then hands over (if
@@ -184,10 +207,15 @@ pub async fn run(
         None => Discovery::Static(args.peers.clone()),
     };
     tokio::spawn(discovery.run(events_tx.clone()));
+    let tls = match args.tls_files() {
+        Some(files) => Some(files.watch().context("TLS")?),
+        None => None,
+    };
     let transport = peers::transport::Transport::new(
         token.as_ref().map(|t| t.secret()),
         timings.peer_message_ttl,
         events_tx.clone(),
+        tls.clone(),
     );
     let election = election::Config::new(&timings, expected_servers);
     let mut driver = tokio::spawn(
@@ -222,22 +250,29 @@ pub async fn run(
         request_timeout: args.request_timeout,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
+    let client_listener = LimitedListener::new(client_listener, args.max_connections);
+    // The peer API's cap only bounds what a misbehaving client can hold open.
+    let peer_listener = LimitedListener::new(peer_listener, 1024);
+    let client_router = http::client_router(state.clone());
+    let peer_router = http::peer_router(state);
+    let (client_server, peer_server) = match &tls {
+        Some(configs) => (
+            spawn_server(
+                TlsListener::new(client_listener, configs.clone(), tls::Api::Client)?,
+                client_router,
+                stop_rx.clone(),
+            ),
+            spawn_server(
+                TlsListener::new(peer_listener, configs.clone(), tls::Api::Peer)?,
+                peer_router,
+                stop_rx,
+            ),
+        ),
+        None => (
+            spawn_server(client_listener, client_router, stop_rx.clone()),
+            spawn_server(peer_listener, peer_router, stop_rx),
+        ),
     };
-    let client_server = tokio::spawn(
-        axum::serve(
-            http::limits::LimitedListener::new(client_listener, args.max_connections),
-            http::client_router(state.clone()),
-        )
-        .with_graceful_shutdown(stopped(stop_rx.clone()))
-        .into_future(),
-    );
-    let peer_server = tokio::spawn(
-        axum::serve(peer_listener, http::peer_router(state))
-            .with_graceful_shutdown(stopped(stop_rx))
-            .into_future(),
-    );
 
     tokio::select! {
         _ = shutdown => {

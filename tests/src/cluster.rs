@@ -65,6 +65,8 @@ pub struct Cluster {
     extra: Vec<String>,
     /// The bearer token, when the servers were given `--token-file`.
     pub token: Option<String>,
+    /// How the harness's clients verify servers started with TLS (`None`: plain HTTP).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -109,6 +111,7 @@ impl Cluster {
             peers,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             token,
+            tls: None,
             _serial: serial,
         };
         for i in 0..ranks.len() {
@@ -201,6 +204,7 @@ impl Cluster {
                 timeout: Duration::from_secs(20),
                 attempt_timeout: Duration::from_secs(2),
                 token: self.token.clone(),
+                tls: self.tls.clone(),
             },
         )
         .expect("client")

@@ -221,6 +221,7 @@ async fn sigstop_test(cluster: Cluster, store: &dyn Store, paused_holds_store: b
                 timeout: Duration::from_secs(30),
                 attempt_timeout: Duration::from_secs(30),
                 token: None,
+                tls: None,
             },
         )
         .unwrap();

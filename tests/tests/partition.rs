@@ -29,6 +29,7 @@ async fn workload(servers: Vec<String>, workers: usize, stop: Arc<AtomicBool>) -
             timeout: Duration::from_secs(20),
             attempt_timeout: Duration::from_secs(2),
             token: None,
+            tls: None,
         },
     )
     .unwrap();

@@ -54,6 +54,13 @@ struct Cli {
     /// File holding the bearer token the servers require.
     #[arg(long, env = "BULLY_TOKEN_FILE")]
     token_file: Option<std::path::PathBuf>,
+    /// Speak HTTPS and verify the servers' certificates against this CA file (PEM).
+    #[arg(long, env = "BULLY_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
+    /// The DNS name the servers' certificates must carry, whatever address is dialled
+    /// (servers are often reached by IP). Default: the host of each server address.
+    #[arg(long, env = "BULLY_TLS_SERVER_NAME", requires = "ca_file")]
+    tls_server_name: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Human, env = "BULLY_OUTPUT")]
     output: Output,
@@ -154,10 +161,25 @@ async fn run(cli: Cli) -> ExitCode {
             None => None,
         },
     };
+    let tls = match &cli.ca_file {
+        Some(ca) => {
+            let files = bully_client::tls::TlsFiles {
+                ca: ca.clone(),
+                server_name: cli.tls_server_name.clone(),
+                identity: None,
+            };
+            match bully_client::tls::client_config(&files) {
+                Ok(config) => Some(std::sync::Arc::new(config)),
+                Err(e) => return usage(format!("--ca-file: {e}")),
+            }
+        }
+        None => None,
+    };
     let options = ClientOptions {
         timeout: cli.timeout,
         attempt_timeout: cli.attempt_timeout,
         token,
+        tls,
     };
     let client = match Client::new(servers, options) {
         Ok(client) => client,

@@ -62,6 +62,13 @@ pub struct LimitedStream {
     _permit: OwnedSemaphorePermit,
 }
 
+impl LimitedStream {
+    /// Reads the first bytes without taking them off the stream.
+    pub async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.peek(buf).await
+    }
+}
+
 impl AsyncRead for LimitedStream {
     fn poll_read(
         mut self: Pin<&mut Self>,

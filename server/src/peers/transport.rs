@@ -12,12 +12,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::trace;
 
 use crate::election::Envelope;
 use crate::messages::Event;
+use crate::tls::Loaded;
 
 /// Messages a peer may have queued before more are dropped.
 const QUEUE: usize = 64;
@@ -30,7 +31,10 @@ type Queued = (Instant, Envelope);
 /// Sends envelopes to peers.
 #[derive(Clone)]
 pub struct Transport {
-    http: reqwest::Client,
+    /// Rebuilt when TLS certificates are reloaded; a std lock held only to clone the client.
+    http: Arc<std::sync::RwLock<reqwest::Client>>,
+    /// Peers speak HTTPS.
+    tls: bool,
     token: Option<Arc<str>>,
     timeout: Duration,
     /// Where refusals are reported.
@@ -45,14 +49,34 @@ impl Transport {
         token: Option<Arc<str>>,
         timeout: Duration,
         events: mpsc::Sender<Event>,
+        tls: Option<watch::Receiver<Arc<Loaded>>>,
     ) -> Transport {
-        let http = reqwest::Client::builder()
-            .connect_timeout(timeout)
-            .pool_idle_timeout(IDLE)
-            .build()
-            .unwrap_or_default();
+        let build = move |tls: Option<&Loaded>| {
+            let mut builder = reqwest::Client::builder()
+                .connect_timeout(timeout)
+                .pool_idle_timeout(IDLE);
+            if let Some(loaded) = tls {
+                builder = builder.use_preconfigured_tls((*loaded.peer_client).clone());
+            }
+            builder.build().unwrap_or_default()
+        };
+        let http = Arc::new(std::sync::RwLock::new(build(
+            tls.as_ref().map(|rx| rx.borrow().clone()).as_deref(),
+        )));
+        if let Some(mut rx) = tls.clone() {
+            let http = http.clone();
+            tokio::spawn(async move {
+                while rx.changed().await.is_ok() {
+                    let client = build(Some(&rx.borrow().clone()));
+                    if let Ok(mut current) = http.write() {
+                        *current = client;
+                    }
+                }
+            });
+        }
         Transport {
             http,
+            tls: tls.is_some(),
             token,
             timeout,
             events,
@@ -86,7 +110,7 @@ impl Transport {
     }
 
     async fn deliver(self, to: String, mut rx: mpsc::Receiver<Queued>) {
-        let url = bully_client::client::url(&to, "/peer/v1/message");
+        let url = bully_client::client::url_with(self.tls, &to, "/peer/v1/message");
         while let Ok(Some((queued, envelope))) = tokio::time::timeout(IDLE, rx.recv()).await {
             // Behind a slow or paused peer the queue backs up; a heartbeat that old would
             // describe a state that has since changed, so it is dropped, not delivered late.
@@ -122,7 +146,11 @@ impl Transport {
 
 impl Transport {
     async fn post(&self, url: &str, envelope: &Envelope) -> reqwest::Result<reqwest::Response> {
-        let mut request = self.http.post(url).timeout(self.timeout).json(envelope);
+        let http = match self.http.read() {
+            Ok(http) => http.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let mut request = http.post(url).timeout(self.timeout).json(envelope);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
@@ -152,7 +180,7 @@ mod tests {
     #[tokio::test]
     async fn a_refused_connection_is_reported_and_a_silent_peer_is_not() {
         let (tx, mut rx) = mpsc::channel(8);
-        let transport = Transport::new(None, Duration::from_millis(300), tx);
+        let transport = Transport::new(None, Duration::from_millis(300), tx, None);
         // A port nobody listens on.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()

@@ -172,6 +172,7 @@ async fn main() -> ExitCode {
         timeout: args.timeout,
         attempt_timeout: Duration::from_secs(2),
         token,
+        tls: None,
     };
     let probe = match Client::new(args.servers.clone(), options.clone()) {
         Ok(client) => client,

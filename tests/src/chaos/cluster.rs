@@ -125,6 +125,7 @@ impl ChaosCluster {
                 timeout: Duration::from_millis(500),
                 attempt_timeout: Duration::from_millis(400),
                 token: None,
+                tls: None,
             },
         )
         .map_err(std::io::Error::other)?;

@@ -87,6 +87,7 @@ pub fn client_for(servers: &[String], rng: &mut StdRng, timeout: Duration) -> Cl
             timeout,
             attempt_timeout: ATTEMPT_TIMEOUT,
             token: None,
+            tls: None,
         },
     )
     .expect("a client over a non-empty server list")

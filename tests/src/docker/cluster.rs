@@ -245,6 +245,7 @@ impl Cluster {
                 timeout: Duration::from_secs(30),
                 attempt_timeout: Duration::from_secs(2),
                 token: None,
+                tls: None,
             },
         )
         .expect("client")
@@ -259,6 +260,7 @@ impl Cluster {
                 timeout: Duration::from_secs(1),
                 attempt_timeout: Duration::from_secs(1),
                 token: None,
+                tls: None,
             },
         )
         .ok()?;
