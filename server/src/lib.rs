@@ -186,6 +186,7 @@ pub async fn run(
         token.as_ref().map(|t| t.secret()),
         timings.peer_message_ttl,
         events_tx.clone(),
+        metrics.peer_messages_sent.clone(),
     );
     let election = election::Config::new(&timings, expected_servers);
     let mut driver = tokio::spawn(
