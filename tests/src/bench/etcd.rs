@@ -39,17 +39,16 @@ pub fn binary() -> Option<PathBuf> {
     })
 }
 
-/// `etcd --version`'s first line.
+/// The version `etcd --version` prints first (`3.4.23`).
 pub fn version(binary: &std::path::Path) -> String {
     std::process::Command::new(binary)
         .arg("--version")
         .output()
         .ok()
         .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .map(str::to_string)
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            let first = text.lines().next()?;
+            Some(first.trim_start_matches("etcd Version:").trim().to_string())
         })
         .unwrap_or_else(|| "unknown version".into())
 }

@@ -172,3 +172,65 @@ async fn acks_resume(window: &Window, settle: Duration) -> Result<(), String> {
     tokio::time::sleep(settle).await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::load::{Op, Request, Worker};
+
+    /// A system that never agrees on a leader.
+    struct Leaderless;
+
+    impl Replicated for Leaderless {
+        fn name(&self) -> &'static str {
+            "leaderless"
+        }
+        async fn agreed_leader(&self, _: Option<usize>, _: Duration) -> Result<usize, String> {
+            Err("no leader".into())
+        }
+        fn signal(&mut self, _: usize, _: Signal) -> Result<(), String> {
+            panic!("signalled without a victim")
+        }
+        async fn await_exit(&mut self, _: usize, _: Duration) -> Result<(), String> {
+            Ok(())
+        }
+        async fn restart(&mut self, _: usize, _: Duration) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    struct Immediate;
+    struct Answer;
+    impl Target for Immediate {
+        type Worker = Answer;
+        fn worker(&self, _: u32) -> Answer {
+            Answer
+        }
+    }
+    impl Worker for Answer {
+        async fn execute(&mut self, _: &Request) -> Result<(), String> {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn no_victim_is_an_error_not_a_measurement() {
+        let load = Load {
+            op: Op::Incr,
+            workers: 2,
+            keys: 10,
+            value_bytes: 1,
+        };
+        let result = measure(
+            &mut Leaderless,
+            &Immediate,
+            &load,
+            Signal::SIGKILL,
+            3,
+            &|_| {},
+        )
+        .await;
+        assert_eq!(result.err().as_deref(), Some("no leader"));
+    }
+}

@@ -66,12 +66,10 @@ pub fn summary(r: &Results) -> Vec<String> {
                         Some(format!("{w}: {x:.2}x"))
                     })
                     .collect();
-                lines.push(format!(
-                    "{} / etcd, {}: {}",
-                    system.label(),
-                    op.name(),
-                    ratios.join("  ")
-                ));
+                if !ratios.is_empty() {
+                    let (label, op) = (system.label(), op.name());
+                    lines.push(format!("{label} / etcd, {op}: {}", ratios.join("  ")));
+                }
             }
         }
     }
@@ -280,7 +278,11 @@ fn markdown(r: &Results, plot_errors: &[String]) -> String {
     let _ = writeln!(
         md,
         "| etcd | {} |",
-        r.etcd_version.as_deref().unwrap_or("not run")
+        r.etcd_version
+            .as_ref()
+            .map_or("not run".into(), |v| format!(
+                "{v}, 3 members, default flags"
+            ))
     );
     let _ = writeln!(
         md,
@@ -384,7 +386,7 @@ fn markdown(r: &Results, plot_errors: &[String]) -> String {
         agreed.sort_by(f64::total_cmp);
         let _ = writeln!(
             md,
-            "| {} | SIG{} | {} | {} | {} | {} | {} | {} | {} | {:.0} ms |",
+            "| {} | SIG{} | {} | {} | {} | {} | {} | {} | {} | {} |",
             f.system,
             f.signal,
             f.stalls.len(),
@@ -394,7 +396,11 @@ fn markdown(r: &Results, plot_errors: &[String]) -> String {
             p(100.0),
             f.failed(),
             median(&agreed).map_or("-".into(), |v| format!("{v:.0} ms")),
-            f.longest_stall_between_ms
+            if f.stalls.len() > 1 {
+                format!("{:.0} ms", f.longest_stall_between_ms)
+            } else {
+                "-".into()
+            }
         );
     }
 

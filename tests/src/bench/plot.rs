@@ -134,6 +134,7 @@ fn draw_panel<DB: DrawingBackend>(
         .y_labels(8)
         .x_label_formatter(&x_fmt)
         .y_label_formatter(&y_fmt)
+        .light_line_style(WHITE)
         .label_style(("sans-serif", 14))
         .axis_desc_style(("sans-serif", 15))
         .draw()?;

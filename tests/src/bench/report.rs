@@ -119,7 +119,7 @@ impl Plan {
 }
 
 /// A system and configuration whose throughput the report shows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub enum System {
     Embedded,
     EmbeddedSerial,
@@ -135,7 +135,7 @@ impl System {
             System::EmbeddedSerial => "bully, embedded, serial",
             System::Mongo => "bully, SecantusDB",
             System::MongoSerial => "bully, SecantusDB, serial",
-            System::Etcd => "etcd 3.4",
+            System::Etcd => "etcd",
         }
     }
 }
@@ -299,6 +299,7 @@ pub async fn run(args: ReportArgs) -> Result<PathBuf, String> {
         );
     }
 
+    results.series.sort_by_key(|s| s.system);
     results.load_end = host::loadavg();
     results.elapsed_s = progress.0.elapsed().as_secs_f64();
     let out = args
