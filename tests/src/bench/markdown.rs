@@ -370,7 +370,7 @@ fn markdown(r: &Results, plot_errors: &[String]) -> String {
     let _ = writeln!(
         md,
         "## Failover\n\nThe leader (bully's coordinator, etcd's Raft leader) is signalled while \
-         the workers run `incr` (bully) or `put` (etcd); the stall is the longest time without \
+         the workers run `put` (1 KiB); the stall is the longest time without \
          any acknowledgement from the signal until the victim is restarted (after a new leader \
          is agreed and acknowledgements flow again). The victim comes back with the lowest \
          rank, so it rejoins as a follower. Failed: commands that missed the clients' 15 s \

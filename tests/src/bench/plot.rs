@@ -16,6 +16,11 @@ pub enum Scale {
 }
 
 impl Scale {
+    /// Whether `v` has a place on the axis (log axes have none for 0).
+    fn shows(self, v: f64) -> bool {
+        v.is_finite() && (self == Scale::Linear || v > 0.0)
+    }
+
     fn to_axis(self, v: f64) -> f64 {
         match self {
             Scale::Linear => v,
@@ -110,13 +115,14 @@ fn draw_panel<DB: DrawingBackend>(
     let points = |line: &Line| -> Vec<(f64, f64)> {
         line.points
             .iter()
-            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .filter(|(x, y)| panel.x_scale.shows(*x) && panel.y_scale.shows(*y))
             .map(|(x, y)| (panel.x_scale.to_axis(*x), panel.y_scale.to_axis(*y)))
             .collect()
     };
     let all: Vec<(f64, f64)> = panel.lines.iter().flat_map(points).collect();
-    let x = range(all.iter().map(|p| p.0), panel.x_scale);
-    let y = range(all.iter().map(|p| p.1), panel.y_scale);
+    let x = range(all.iter().map(|p| p.0), panel.x_scale, 0.05);
+    // Room above the data for the legend.
+    let y = range(all.iter().map(|p| p.1), panel.y_scale, 0.35);
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, ("sans-serif", 20))
         .margin(12)
@@ -161,19 +167,20 @@ fn draw_panel<DB: DrawingBackend>(
     Ok(())
 }
 
-/// The axis range around `values`, with a margin; linear axes start at 0 and leave room above
-/// the data for the legend.
-fn range(values: impl Iterator<Item = f64>, scale: Scale) -> (f64, f64) {
+/// The axis range around `values` (axis units), `headroom` (a fraction of the span) above them;
+/// linear axes start at 0, log axes at a whole power.
+fn range(values: impl Iterator<Item = f64>, scale: Scale, headroom: f64) -> (f64, f64) {
     let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
         (lo.min(v), hi.max(v))
     });
     if !lo.is_finite() {
         return (0.0, 1.0);
     }
-    match scale {
-        Scale::Linear => (lo.min(0.0), if hi > 0.0 { hi * 1.35 } else { 1.0 }),
-        Scale::Log2 | Scale::Log10 => (lo.floor() - 0.1, hi.ceil().max(lo.floor() + 1.0) + 0.6),
-    }
+    let (lo, hi) = match scale {
+        Scale::Linear => (lo.min(0.0), hi.max(lo.min(0.0) + 1.0)),
+        Scale::Log2 | Scale::Log10 => (lo.floor() - 0.1, hi.max(lo.floor() + 1.0)),
+    };
+    (lo, hi + (hi - lo) * headroom)
 }
 
 const FONTS: [&str; 4] = [

@@ -411,7 +411,7 @@ async fn embedded(plan: &Plan, results: &mut Results, say: &dyn Fn(String)) -> R
     results.oneshot = Some(oneshot::measure(&bully, leader, plan.oneshot_runs)?);
     let target = bully.target();
     for signal in [Signal::SIGKILL, Signal::SIGTERM] {
-        let load = plan.load(Op::Incr, plan.failover_workers);
+        let load = plan.load(Op::Put, plan.failover_workers);
         let f =
             failover::measure(&mut bully, &target, &load, signal, plan.failover_reps, say).await?;
         say(failover_line(&f));
