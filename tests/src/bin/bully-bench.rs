@@ -73,7 +73,7 @@ struct Args {
 #[derive(Subcommand, Debug)]
 enum Sub {
     /// Run every benchmark (bully on both stores, etcd, failover, elections) and write
-    /// docs/benchmarks.md with plots; about 12 minutes on 2 cores.
+    /// docs/benchmarks.md with plots; about 8 minutes on 2 cores.
     Report(ReportArgs),
 }
 
