@@ -58,7 +58,7 @@ async fn bench_reports_acknowledged_commands_that_the_store_holds() {
     assert!(latency("p99") <= latency("max"), "{report}");
     // Commands outside the measured window are applied but not counted: at least `acked`.
     let get = CommandRequest::new(Command::Get {
-        key: "bench/0".into(),
+        key: "bench/n/0".into(),
     });
     let response = cluster.client().execute(&get).await.expect("get");
     let Outcome::Value { value: n } = response.outcome else {
