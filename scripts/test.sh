@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need (SecantusDB, the
-# MongoDB-compatible test server; helm and kubernetes-validate for the chart), checks format
+# MongoDB-compatible test server; etcd for the benchmark smoke test; helm and kubernetes-validate for the chart), checks format
 # and lints, builds every binary, then runs every test, the container tests last (they build
 # their images first: about 10 minutes the first time, 2 when they exist). Exits non-zero on
 # any failure.
@@ -11,6 +11,8 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "installing test dependencies"
 bash scripts/install-secantus.sh
+# etcd (Debian's etcd-server): the benchmark report's peer baseline, which its smoke test runs.
+bash scripts/install-etcd.sh || echo "WARNING: etcd not installed: the report smoke test runs without it"
 
 step "format and lints"
 cargo fmt --all -- --check

@@ -216,6 +216,7 @@ pub async fn run(
         timings.peer_message_ttl,
         events_tx.clone(),
         tls.clone(),
+        metrics.peer_messages_sent.clone(),
     );
     let election = election::Config::new(&timings, expected_servers);
     let mut driver = tokio::spawn(

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub live_peers: Gauge,
     pub fenced: Counter,
     pub batch_size: Histogram,
+    /// Election and heartbeat messages handed to the peer transport, by message kind.
+    pub peer_messages_sent: Family<KindLabels, Counter>,
 }
 
 impl Metrics {
@@ -58,6 +60,7 @@ impl Metrics {
         let batch_size = Histogram::new(
             prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 10),
         );
+        let peer_messages_sent = Family::<KindLabels, Counter>::default();
         registry.register(
             "role",
             "1 for this server's current election role",
@@ -99,6 +102,11 @@ impl Metrics {
             "Commands per store operation (group commit)",
             batch_size.clone(),
         );
+        registry.register(
+            "peer_messages_sent",
+            "Peer messages sent (heartbeats and election messages), by kind",
+            peer_messages_sent.clone(),
+        );
         Metrics {
             registry,
             role,
@@ -110,6 +118,7 @@ impl Metrics {
             live_peers,
             fenced,
             batch_size,
+            peer_messages_sent,
         }
     }
 

@@ -67,6 +67,8 @@ pub struct Cluster {
     pub token: Option<String>,
     /// How the harness's clients verify servers started with TLS (`None`: plain HTTP).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Servers run as deployed (see [`Cluster::start_as_deployed`]), not with test settings.
+    as_deployed: bool,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -78,6 +80,16 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with extra `serve` flags for every server.
     pub fn start_with(ranks: &[u64], store: StoreSpec, extra: &[&str]) -> Cluster {
+        Self::launch(ranks, store, extra, false)
+    }
+
+    /// Servers as deployed, for benchmarks: the binary's default timings (no test
+    /// `--heartbeat-*` flags) and `RUST_LOG=info` (no debug line per command).
+    pub fn start_as_deployed(ranks: &[u64], store: StoreSpec, extra: &[&str]) -> Cluster {
+        Self::launch(ranks, store, extra, true)
+    }
+
+    fn launch(ranks: &[u64], store: StoreSpec, extra: &[&str], as_deployed: bool) -> Cluster {
         let serial = SERIAL
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -112,6 +124,7 @@ impl Cluster {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             token,
             tls: None,
+            as_deployed,
             _serial: serial,
         };
         for i in 0..ranks.len() {
@@ -135,11 +148,17 @@ impl Cluster {
             .args(["--peer-listen", &server.peer_addr])
             .args(["--advertise-host", "127.0.0.1"])
             .args(["--peers", &self.peers.join(",")])
-            .args(["--rank", &server.rank.to_string()])
-            .args(["--heartbeat-interval", HEARTBEAT])
-            .args(["--heartbeat-timeout", &format!("{}ms", TIMEOUT.as_millis())])
+            .args(["--rank", &server.rank.to_string()]);
+        if self.as_deployed {
+            command.env("RUST_LOG", "info");
+        } else {
+            command
+                .args(["--heartbeat-interval", HEARTBEAT])
+                .args(["--heartbeat-timeout", &format!("{}ms", TIMEOUT.as_millis())])
+                .env("RUST_LOG", "info,bully_server=debug");
+        }
+        command
             .args(&self.extra)
-            .env("RUST_LOG", "info,bully_server=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);

@@ -1,3 +1,4 @@
+pub mod bench;
 pub mod chaos;
 pub mod cluster;
 pub mod docker;

@@ -12,12 +12,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::trace;
 
-use crate::election::Envelope;
+use crate::election::{Envelope, Message};
 use crate::messages::Event;
+use crate::metrics::KindLabels;
 use crate::tls::Loaded;
 
 /// Messages a peer may have queued before more are dropped.
@@ -39,17 +42,22 @@ pub struct Transport {
     timeout: Duration,
     /// Where refusals are reported.
     events: mpsc::Sender<Event>,
+    /// Counts every message handed to [`send`](Self::send), delivered or not: what the
+    /// election emits, which is what its message complexity is about.
+    sent: Family<KindLabels, Counter>,
     // Held only to look up or insert a sender; never across an await.
     queues: Arc<Mutex<HashMap<String, mpsc::Sender<Queued>>>>,
 }
 
 impl Transport {
-    /// `timeout` bounds each request, so a paused peer holds up only its own queue.
+    /// `timeout` bounds each request, so a paused peer holds up only its own queue; `sent`
+    /// counts messages by kind (the `peer_messages_sent` metric).
     pub fn new(
         token: Option<Arc<str>>,
         timeout: Duration,
         events: mpsc::Sender<Event>,
         tls: Option<watch::Receiver<Arc<Loaded>>>,
+        sent: Family<KindLabels, Counter>,
     ) -> Transport {
         let build = move |tls: Option<&Loaded>| {
             let mut builder = reqwest::Client::builder()
@@ -80,12 +88,22 @@ impl Transport {
             token,
             timeout,
             events,
+            sent,
             queues: Arc::default(),
         }
     }
 
     /// Queues `envelope` for `to`; drops it if that peer's queue is full.
     pub fn send(&self, to: &str, envelope: Envelope) {
+        self.sent
+            .get_or_create(&KindLabels {
+                kind: kind(&envelope.message),
+            })
+            .inc();
+        self.enqueue(to, envelope);
+    }
+
+    fn enqueue(&self, to: &str, envelope: Envelope) {
         let Ok(mut queues) = self.queues.lock() else {
             return;
         };
@@ -99,7 +117,7 @@ impl Transport {
                 Err(mpsc::error::TrySendError::Closed((_, envelope))) => {
                     queues.remove(to);
                     drop(queues);
-                    return self.send(to, envelope);
+                    return self.enqueue(to, envelope);
                 }
             }
         }
@@ -158,6 +176,19 @@ impl Transport {
     }
 }
 
+/// The metric label of a message.
+fn kind(message: &Message) -> &'static str {
+    match message {
+        Message::Heartbeat { .. } => "heartbeat",
+        Message::Election => "election",
+        Message::Answer => "answer",
+        Message::Coordinator { .. } => "coordinator",
+        Message::Takeover => "takeover",
+        Message::Handoff => "handoff",
+        Message::Leaving => "leaving",
+    }
+}
+
 /// Whether the connection was refused (RST on connect): nobody listens on that port.
 fn refused(e: &reqwest::Error) -> bool {
     let mut source = std::error::Error::source(e);
@@ -180,7 +211,13 @@ mod tests {
     #[tokio::test]
     async fn a_refused_connection_is_reported_and_a_silent_peer_is_not() {
         let (tx, mut rx) = mpsc::channel(8);
-        let transport = Transport::new(None, Duration::from_millis(300), tx, None);
+        let transport = Transport::new(
+            None,
+            Duration::from_millis(300),
+            tx,
+            None,
+            Family::default(),
+        );
         // A port nobody listens on.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -207,5 +244,30 @@ mod tests {
         transport.send(&addr, envelope);
         let report = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await;
         assert!(report.is_err(), "a silent peer was reported: {report:?}");
+    }
+
+    #[tokio::test]
+    async fn counts_every_message_by_kind_delivered_or_not() {
+        let (tx, _rx) = mpsc::channel(8);
+        let sent = Family::<KindLabels, Counter>::default();
+        let transport = Transport::new(None, Duration::from_millis(50), tx, None, sent.clone());
+        let envelope = |message| Envelope {
+            from: NodeInfo {
+                rank: 1,
+                peer_addr: "127.0.0.1:1".into(),
+                client_addr: "127.0.0.1:2".into(),
+            },
+            message,
+        };
+        // Nobody listens on port 1: the messages are counted all the same.
+        for _ in 0..3 {
+            transport.send("127.0.0.1:1", envelope(Message::Election));
+        }
+        transport.send("127.0.0.1:1", envelope(Message::Answer));
+        let count = |kind| sent.get_or_create(&KindLabels { kind }).get();
+        assert_eq!(
+            (count("election"), count("answer"), count("heartbeat")),
+            (3, 1, 0)
+        );
     }
 }

@@ -1,44 +1,41 @@
-//! `bully-bench`: closed-loop load against a running cluster; prints throughput and latency.
+//! `bully-bench`: closed-loop load against a running cluster, or the whole benchmark report.
 //!
 //! ```text
 //! cargo run --release -p bully-tests --bin bully-bench -- --servers 127.0.0.1:7070,127.0.0.1:7072 \
 //!     --clients 16 --duration 10s --op incr
+//! cargo run --release -p bully-tests --bin bully-bench -- report     # docs/benchmarks.md
 //! ```
 //! Each of `--clients` workers issues one command at a time through the real Rust client (fresh
 //! id, retries with the same id), for `--warmup` unmeasured and then `--duration` measured.
 //! Figures: acknowledged and failed commands, commands per second, latency percentiles, and the
 //! longest stall (the longest time in which no worker got an acknowledgement: a failover shows
-//! up here). `scripts/bench.sh` starts a cluster and runs a standard set.
+//! up here). `report` starts its own clusters (bully on both stores, etcd) and is described in
+//! `bully_tests::bench::report`.
 //!
-//! Exit codes: 0 every command acknowledged, 1 some failed, 2 bad arguments or no cluster.
+//! Exit codes: 0 every command acknowledged (report: every section ran), 1 some failed,
+//! 2 bad arguments or no cluster.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bully_client::{Client, ClientOptions, Command, CommandRequest};
-use clap::{Parser, ValueEnum};
+use bully_client::{Client, ClientOptions};
+use bully_tests::bench::bully::BullyTarget;
+use bully_tests::bench::load::{self, Load, Op, Stats, Window};
+use bully_tests::bench::report::{self, ReportArgs};
+use clap::{Parser, Subcommand};
 use tokio::time::Instant;
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Op {
-    /// `incr` of a random key.
-    Incr,
-    /// `put` of a random key with a `--value-bytes` string.
-    Put,
-    /// `get` of a random key.
-    Get,
-    /// 50% get, 40% put, 10% incr.
-    Mix,
-}
 
 #[derive(Parser, Debug)]
 #[command(
     name = "bully-bench",
-    about = "Closed-loop load against a bully cluster: throughput and latency"
+    about = "Closed-loop load against a bully cluster: throughput and latency",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Sub>,
     /// Client addresses of the servers (host:port, comma-separated).
     #[arg(long, env = "BULLY_SERVERS", value_delimiter = ',', required = true)]
     servers: Vec<String>,
@@ -73,61 +70,11 @@ struct Args {
     json: bool,
 }
 
-/// What one worker saw in the measured window.
-#[derive(Default)]
-struct Tally {
-    latencies_us: Vec<u64>,
-    /// Instants of acknowledgements, for the longest stall.
-    acked_at: Vec<Instant>,
-    failed: u64,
-    first_error: Option<String>,
-}
-
-fn command(op: Op, key: String, value: &str) -> Command {
-    let op = match op {
-        Op::Mix => match rand::random_range(0..10) {
-            0..5 => Op::Get,
-            5..9 => Op::Put,
-            _ => Op::Incr,
-        },
-        other => other,
-    };
-    match op {
-        Op::Incr => Command::Incr { key, delta: 1 },
-        Op::Put | Op::Mix => Command::Put {
-            key,
-            value: value.into(),
-        },
-        Op::Get => Command::Get { key },
-    }
-}
-
-async fn worker(client: Client, args: Arc<Args>, start: Instant, end: Instant) -> Tally {
-    let value = "x".repeat(args.value_bytes);
-    let mut tally = Tally::default();
-    while Instant::now() < end {
-        let key = format!("bench/{}", rand::random_range(0..args.keys));
-        let request = CommandRequest::new(command(args.op, key, &value));
-        let sent = Instant::now();
-        let result = client.execute(&request).await;
-        let done = Instant::now();
-        if sent < start || done > end {
-            continue;
-        }
-        match result {
-            Ok(_) => {
-                tally
-                    .latencies_us
-                    .push(u64::try_from((done - sent).as_micros()).unwrap_or(u64::MAX));
-                tally.acked_at.push(done);
-            }
-            Err(e) => {
-                tally.failed += 1;
-                tally.first_error.get_or_insert_with(|| e.to_string());
-            }
-        }
-    }
-    tally
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// Run every benchmark (bully on both stores, etcd, failover, elections) and write
+    /// docs/benchmarks.md with plots; about 8 minutes on 2 cores.
+    Report(ReportArgs),
 }
 
 /// Waits until some server reports a ready coordinator.
@@ -147,32 +94,38 @@ async fn await_ready(client: &Client, within: Duration) -> Result<(), String> {
     Err(last)
 }
 
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
+fn token(args: &Args) -> Result<Option<String>, String> {
+    match &args.token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|t| Some(t.trim().to_string()))
+            .map_err(|e| format!("cannot read --token-file {}: {e}", path.display())),
+        None => Ok(std::env::var("BULLY_TOKEN").ok().filter(|t| !t.is_empty())),
     }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let token = match &args.token_file {
-        Some(path) => match std::fs::read_to_string(path) {
-            Ok(t) => Some(t.trim().to_string()),
+    if let Some(Sub::Report(report)) = args.command {
+        return match report::run(report).await {
+            Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: cannot read --token-file {}: {e}", path.display());
-                return ExitCode::from(2);
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
             }
+        };
+    }
+    let options = match token(&args) {
+        Ok(token) => ClientOptions {
+            timeout: args.timeout,
+            attempt_timeout: Duration::from_secs(2),
+            token,
+            tls: None,
         },
-        None => std::env::var("BULLY_TOKEN").ok().filter(|t| !t.is_empty()),
-    };
-    let options = ClientOptions {
-        timeout: args.timeout,
-        attempt_timeout: Duration::from_secs(2),
-        token,
-        tls: None,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
     };
     let probe = match Client::new(args.servers.clone(), options.clone()) {
         Ok(client) => client,
@@ -189,65 +142,51 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
 
-    let args = Arc::new(args);
-    let start = Instant::now() + args.warmup;
-    let end = start + args.duration;
-    // One client (one connection pool, one remembered coordinator) per worker, as independent
-    // client processes would have.
-    let workers: Vec<_> = (0..args.clients)
-        .map(|_| {
-            let client = Client::new(args.servers.clone(), options.clone()).expect("checked above");
-            tokio::spawn(worker(client, args.clone(), start, end))
-        })
-        .collect();
-    let mut latencies = Vec::new();
-    let mut acked_at = Vec::new();
-    let mut failed = 0;
-    let mut first_error = None;
-    for handle in workers {
-        let tally = handle.await.expect("a worker panicked");
-        latencies.extend(tally.latencies_us);
-        acked_at.extend(tally.acked_at);
-        failed += tally.failed;
-        first_error = first_error.or(tally.first_error);
-    }
-    latencies.sort_unstable();
-    acked_at.push(start);
-    acked_at.push(end);
-    acked_at.sort_unstable();
-    let stall = acked_at
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .max()
-        .unwrap_or_default();
-    let acked = latencies.len();
-    let seconds = args.duration.as_secs_f64();
-    let throughput = acked as f64 / seconds;
-    let [p50, p90, p99, p999] = [50.0, 90.0, 99.0, 99.9].map(|p| percentile(&latencies, p));
-    let max = latencies.last().copied().unwrap_or(0) as f64 / 1000.0;
-    let op = format!("{:?}", args.op).to_lowercase();
+    let target = BullyTarget {
+        servers: args.servers.clone(),
+        options,
+    };
+    let load = Load {
+        op: args.op,
+        workers: args.clients,
+        keys: args.keys,
+        value_bytes: args.value_bytes,
+    };
+    let window = Window::after(args.warmup, args.duration);
+    let tally = load::run(&target, &load, &window).await;
+    let s = Stats::of(&tally, &window);
+    let op = args.op.name();
+    let ms = |v: Option<f64>| v.unwrap_or(f64::NAN);
     if args.json {
         let report = serde_json::json!({
-            "op": op, "clients": args.clients, "seconds": seconds,
-            "acknowledged": acked, "failed": failed, "throughput": throughput,
-            "latency_ms": {"p50": p50, "p90": p90, "p99": p99, "p99.9": p999, "max": max},
-            "longest_stall_ms": stall.as_secs_f64() * 1000.0,
-            "first_error": first_error,
+            "op": op, "clients": args.clients, "seconds": args.duration.as_secs_f64(),
+            "acknowledged": s.acknowledged, "failed": s.failed, "throughput": s.throughput,
+            "latency_ms": {"p50": s.p50_ms, "p90": s.p90_ms, "p99": s.p99_ms,
+                           "p99.9": s.p999_ms, "max": s.max_ms},
+            "longest_stall_ms": s.longest_stall_ms,
+            "first_error": s.first_error,
         });
         println!("{report}");
     } else {
         println!(
-            "{op:>4} clients {:>4}: {throughput:>8.0} cmd/s  {acked} ok {failed} failed  \
-             latency ms p50 {p50:.2} p90 {p90:.2} p99 {p99:.2} p99.9 {p999:.2} max {max:.2}  \
-             longest stall {:.0} ms",
+            "{op:>4} clients {:>4}: {:>8.0} cmd/s  {} ok {} failed  latency ms p50 {:.2} \
+             p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}  longest stall {:.0} ms",
             args.clients,
-            stall.as_secs_f64() * 1000.0
+            s.throughput,
+            s.acknowledged,
+            s.failed,
+            ms(s.p50_ms),
+            ms(s.p90_ms),
+            ms(s.p99_ms),
+            ms(s.p999_ms),
+            ms(s.max_ms),
+            s.longest_stall_ms
         );
-        if let Some(e) = &first_error {
+        if let Some(e) = &s.first_error {
             println!("  first error: {e}");
         }
     }
-    if failed > 0 {
+    if s.failed > 0 {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
