@@ -6,9 +6,9 @@
 //!
 //! # Layout
 //! - this module: single commands — fencing, exactly-once, order, semantics, paging;
-//! - [`lease`]: a claim waits for the holder's lease unless released, run out, its own, or
+//! - `lease`: a claim waits for the holder's lease unless released, run out, its own, or
 //!   broken by a claimer that knows the holder dead;
-//! - [`batch`]: group commit — a batch answers as one-at-a-time execution would (the same
+//! - `batch`: group commit — a batch answers as one-at-a-time execution would (the same
 //!   command stream through both paths, compared result by result), a fenced batch applies
 //!   nothing, a repeated id inside a batch, a batch that fails midway.
 
