@@ -102,7 +102,7 @@ mod tests {
         );
         assert_eq!(
             status_url(true, "fd00::1", 7070, "v1/status"),
-            "http://[fd00::1]:7070/v1/status"
+            "https://[fd00::1]:7070/v1/status"
         );
     }
 

@@ -47,12 +47,7 @@ impl Secantus {
             .prefix("secantus-")
             .tempdir()
             .map_err(|e| format!("create a temporary directory for SecantusDB: {e}"))?;
-        // Free a moment ago: another process could take it before the server binds it, which
-        // on a test machine is rare enough.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("find a free port: {e}"))?
-            .port();
+        let port = crate::harness::free_port().map_err(|e| format!("find a free port: {e}"))?;
         let mut server = Secantus {
             child: None,
             port,

@@ -68,8 +68,10 @@ pub struct ChaosCluster {
 /// A port free on both 127.0.0.1 (kept bound: the proxy's listener) and 127.0.0.2.
 fn proxy_listener() -> std::io::Result<(TcpListener, SocketAddr)> {
     for _ in 0..50 {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let port = listener.local_addr()?.port();
+        let port = crate::harness::free_port()?;
+        let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) else {
+            continue;
+        };
         let real: SocketAddr = ([127, 0, 0, 2], port).into();
         if TcpListener::bind(real).is_ok() {
             return Ok((listener, real));

@@ -46,10 +46,33 @@ pub fn binary(name: &str) -> Result<PathBuf, String> {
 }
 
 /// A loopback port nobody listens on right now.
+///
+/// Ports come from below Linux's ephemeral range (32768-60999), where the kernel also picks the
+/// local ports of outgoing connections: a port freed after `bind(0)` can be taken by any
+/// client socket before the server binds it (seen as "Address already in use" in a chaos run).
+/// Each process walks its own stretch of 16000-32000 (chosen by its pid) and never hands out a
+/// port twice; a port is only returned if it can be bound now.
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 16_000;
+    const SPAN: u32 = 16_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 641) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no free port below the ephemeral range",
+    ))
 }
 
 /// The coordinator every asked server agrees on.
