@@ -220,6 +220,7 @@ fn apply_batch_in(conn: &mut Connection, term: u64, ops: &[Op]) -> Result<Vec<Re
         });
     }
     let mut snapshot = Snapshot::default();
+    let mut needed = logic::NeededValues::default();
     for op in ops {
         if !op.command.is_read()
             && !snapshot.records.contains_key(&op.id)
@@ -227,9 +228,7 @@ fn apply_batch_in(conn: &mut Connection, term: u64, ops: &[Op]) -> Result<Vec<Re
         {
             snapshot.records.insert(op.id.clone(), found);
         }
-        if let Some(key) = logic::key_of(&op.command)
-            && !snapshot.values.contains_key(key)
-        {
+        if let Some(key) = needed.first_read(op, &snapshot) {
             let stored = tx
                 .prepare_cached("SELECT value FROM kv WHERE key = ?1")
                 .map_err(sql)?

@@ -6,7 +6,7 @@
 //! the [`Plan`]'s values, records and sequence number. Keeping the semantics here means every
 //! backend answers identically; [`evaluate`] is what one command does to its key.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bully_client::{Command, Entry, Outcome};
 use serde_json::Value;
@@ -135,6 +135,33 @@ pub struct Snapshot {
     pub records: HashMap<String, (Record, String)>,
     pub values: HashMap<String, Value>,
     pub lists: Vec<Vec<Entry>>,
+}
+
+/// Which stored values a batch must read: the key of each single-key command, once, except
+/// where the batch's first command on that key is a `put` that will apply (its id neither
+/// stored nor used earlier in the batch): it overwrites without looking, and every later
+/// command of the batch on the key sees the put's value, so reading (and decoding) the stored
+/// one would be wasted. A `put` that will not apply (a retry, an id conflict) reads as usual.
+#[derive(Debug, Default)]
+pub struct NeededValues<'a> {
+    keys: HashSet<&'a str>,
+    ids: HashSet<&'a str>,
+}
+
+impl<'a> NeededValues<'a> {
+    /// `op`'s key if its stored value must be read. Call for every op in batch order, once
+    /// `snapshot.records` holds `op`'s stored record (if it has one).
+    pub fn first_read(&mut self, op: &'a Op, snapshot: &Snapshot) -> Option<&'a str> {
+        let applies = !op.command.is_read()
+            && self.ids.insert(op.id.as_str())
+            && !snapshot.records.contains_key(&op.id);
+        let key = key_of(&op.command)?;
+        if !self.keys.insert(key) {
+            return None;
+        }
+        let overwrites = applies && matches!(op.command, Command::Put { .. });
+        (!overwrites).then_some(key)
+    }
 }
 
 /// The scans a batch's `list` commands need, in order: each query's range, and how many
@@ -397,6 +424,50 @@ mod tests {
 
     fn k() -> String {
         "k".to_string()
+    }
+
+    fn op(id: &str, command: Command) -> Op {
+        Op {
+            id: id.into(),
+            command,
+        }
+    }
+
+    /// Only a put that will apply, first on its key, skips reading the stored value.
+    #[test]
+    fn a_batch_reads_every_value_a_command_may_see() {
+        let put = |key: &str| Command::Put {
+            key: key.into(),
+            value: json!("v"),
+        };
+        let get = |key: &str| Command::Get { key: key.into() };
+        let incr = |key: &str| Command::Incr {
+            key: key.into(),
+            delta: 1,
+        };
+        let ops = vec![
+            op("1", put("a")),  // applies, first on a: no read
+            op("2", get("a")),  // sees the put
+            op("3", put("b")),  // a retry of a stored command: does not apply, b is read
+            op("4", get("b")),  // needs b's stored value
+            op("1", put("c")),  // id 1 again, on c: an id conflict, c is read
+            op("5", incr("d")), // reads d
+            op("6", put("d")),  // not first on d
+        ];
+        let mut snapshot = Snapshot::default();
+        let stored = Record {
+            id: "3".into(),
+            seq: 1,
+            term: 1,
+            outcome: Outcome::Ok,
+        };
+        snapshot.records.insert("3".into(), (stored, String::new()));
+        let mut needed = NeededValues::default();
+        let read: Vec<&str> = ops
+            .iter()
+            .filter_map(|op| needed.first_read(op, &snapshot))
+            .collect();
+        assert_eq!(read, ["b", "c", "d"]);
     }
 
     #[test]

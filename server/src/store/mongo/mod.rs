@@ -308,9 +308,10 @@ impl MongoStore {
                     .insert(record.id.clone(), (record, fingerprint));
             }
         }
+        let mut needed = logic::NeededValues::default();
         let mut keys: Vec<&str> = ops
             .iter()
-            .filter_map(|op| logic::key_of(&op.command))
+            .filter_map(|op| needed.first_read(op, &snapshot))
             .collect();
         keys.sort_unstable();
         keys.dedup();
