@@ -445,7 +445,7 @@ mod tests {
             key: key.into(),
             delta: 1,
         };
-        let ops = vec![
+        let ops = [
             op("1", put("a")),  // applies, first on a: no read
             op("2", get("a")),  // sees the put
             op("3", put("b")),  // a retry of a stored command: does not apply, b is read
