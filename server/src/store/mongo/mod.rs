@@ -308,13 +308,12 @@ impl MongoStore {
                     .insert(record.id.clone(), (record, fingerprint));
             }
         }
+        // Each key at most once: `first_read` yields a key only on its first command.
         let mut needed = logic::NeededValues::default();
-        let mut keys: Vec<&str> = ops
+        let keys: Vec<&str> = ops
             .iter()
             .filter_map(|op| needed.first_read(op, &snapshot))
             .collect();
-        keys.sort_unstable();
-        keys.dedup();
         if !keys.is_empty() {
             let docs: Vec<Document> = self
                 .kv
