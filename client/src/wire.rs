@@ -265,9 +265,11 @@ impl CommandRequest {
     }
 }
 
-/// A fresh, globally unique command id.
+/// A fresh, globally unique command id: a UUIDv7, whose leading bits are the time, so ids
+/// from all clients arrive at the coordinator in nearly ascending order and its exactly-once
+/// log appends to the end of its id index instead of dirtying a random page per command.
 pub fn new_command_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+    uuid::Uuid::now_v7().to_string()
 }
 
 /// Ids are 1 to 128 bytes of `[A-Za-z0-9._:-]`: safe in logs, URLs and store keys.

@@ -8,6 +8,16 @@
 //! and nothing is written or synced. The busy timeout makes a process wait for the lock instead
 //! of failing.
 //!
+//! # Checkpoints
+//! SQLite's automatic checkpoint runs on the committing connection, after the commit: every
+//! thousand WAL pages the executor would stop to copy them into the database file and fsync it,
+//! with every command behind it waiting. Instead a checkpointer thread with its own connection
+//! copies pages in the background ([`CHECKPOINT_EVERY`], `PASSIVE`: it never blocks a writer),
+//! and once the WAL holds [`RESTART_FRAMES`] it finishes with a `TRUNCATE` checkpoint, which
+//! waits for the commit under way, copies what is left (little: the passive rounds did the rest)
+//! and empties the file, so the WAL stays bounded under a continuous write load. The automatic
+//! checkpoint stays as a backstop, far above that bound, should the thread fall behind.
+//!
 //! # Schema
 //! - `fence(id = 1, term, holder, seq, lease_at, lease_ms)`: the one fencing record; the
 //!   holder's lease runs `lease_ms` from `lease_at` (milliseconds of SQLite's clock, which is
@@ -28,6 +38,15 @@ use super::{Applied, Claim, FenceState, Op, Record, Result, Store, StoreError};
 
 /// How long a process waits for another one's write lock before reporting the store unavailable.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often the checkpointer copies WAL pages into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// WAL pages (4 KiB each) at which the checkpointer empties the WAL: 16 MiB.
+const RESTART_FRAMES: i64 = 4096;
+
+/// WAL pages at which a committing connection checkpoints by itself (the backstop): 64 MiB.
+const BACKSTOP_FRAMES: i64 = 4 * RESTART_FRAMES;
 
 /// SQLite-backed [`Store`].
 #[derive(Clone)]
@@ -56,6 +75,8 @@ impl EmbeddedStore {
         retry_busy(&path, || conn.pragma_update(None, "journal_mode", "WAL"))?;
         // FULL: a command acknowledged to a client survives a power cut, not only a crash.
         conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(|e| unavailable(&path, e))?;
+        conn.pragma_update(None, "wal_autocheckpoint", BACKSTOP_FRAMES)
             .map_err(|e| unavailable(&path, e))?;
         retry_busy(&path, || {
             conn.execute_batch(
@@ -94,10 +115,9 @@ impl EmbeddedStore {
                 }
             }
         })?;
-        Ok(EmbeddedStore {
-            conn: Arc::new(Mutex::new(conn)),
-            path,
-        })
+        let conn = Arc::new(Mutex::new(conn));
+        spawn_checkpointer(&path, Arc::downgrade(&conn))?;
+        Ok(EmbeddedStore { conn, path })
     }
 
     pub fn path(&self) -> &Path {
@@ -119,6 +139,47 @@ impl EmbeddedStore {
         .await
         .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
     }
+}
+
+/// Starts the background checkpointer of the module docs; it ends once `store` is dropped.
+fn spawn_checkpointer(path: &Path, store: std::sync::Weak<Mutex<Connection>>) -> Result<()> {
+    let conn = Connection::open(path).map_err(|e| unavailable(path, e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| unavailable(path, e))?;
+    let shown = path.display().to_string();
+    std::thread::Builder::new()
+        .name("sqlite-checkpoint".into())
+        .spawn(move || {
+            let mut failing = false;
+            while store.strong_count() > 0 {
+                std::thread::sleep(CHECKPOINT_EVERY);
+                match checkpoint(&conn, RESTART_FRAMES) {
+                    Ok(()) => failing = false,
+                    // Said once per run of failures; the backstop keeps the WAL bounded.
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(store = %shown, error = %e, "background checkpoint failed");
+                    }
+                    Err(_) => {}
+                }
+            }
+        })
+        .map_err(|e| StoreError::Unavailable(format!("cannot start the checkpointer: {e}")))?;
+    Ok(())
+}
+
+/// One checkpointer round: copy what it can without blocking anyone; empty the WAL once it
+/// holds `restart_frames` pages.
+fn checkpoint(conn: &Connection, restart_frames: i64) -> rusqlite::Result<()> {
+    let wal_frames = |mode: &str| {
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
+            row.get::<_, i64>(1)
+        })
+    };
+    if wal_frames("PASSIVE")? >= restart_frames {
+        wal_frames("TRUNCATE")?;
+    }
+    Ok(())
 }
 
 /// Runs `f` again while SQLite answers busy or locked, up to the busy timeout.
@@ -458,6 +519,59 @@ mod tests {
                 opener.join().unwrap().expect("open");
             }
         }
+    }
+
+    #[test]
+    fn a_checkpoint_empties_a_large_wal_and_keeps_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.db");
+        // The schema; then no background checkpointer and no automatic checkpoint, so that
+        // only the calls below move pages.
+        drop(EmbeddedStore::open(&path).unwrap());
+        std::thread::sleep(CHECKPOINT_EVERY * 3);
+        let mut writer = Connection::open(&path).unwrap();
+        writer.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        let value = "x".repeat(3000);
+        for batch in 0..40 {
+            let tx = writer.transaction().unwrap();
+            for i in 0..20 {
+                tx.execute(
+                    "INSERT INTO kv (key, value) VALUES (?1, ?2)",
+                    params![format!("k{batch:03}-{i:02}"), value],
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let wal = dir.path().join("wal.db-wal");
+        let frames = |conn: &Connection| {
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                row.get::<_, i64>(1)
+            })
+            .unwrap()
+        };
+        let checkpointer = Connection::open(&path).unwrap();
+        // Below the bound: pages are copied, the WAL is kept.
+        checkpoint(&checkpointer, i64::MAX).unwrap();
+        assert!(
+            frames(&checkpointer) >= 800,
+            "800 pages of writes are in the WAL"
+        );
+        // At the bound: emptied.
+        checkpoint(&checkpointer, 800).unwrap();
+        assert_eq!(
+            std::fs::metadata(&wal).unwrap().len(),
+            0,
+            "the WAL is truncated"
+        );
+        let count: i64 = writer
+            .query_row(
+                "SELECT count(*) FROM kv WHERE value = ?1",
+                [&value],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(count, 800, "every write survives the checkpoint");
     }
 
     /// Fresh files in one directory; poisoning installs a trigger that aborts a write of
