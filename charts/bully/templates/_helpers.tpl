@@ -151,6 +151,89 @@ Token volume, volumeMount and env var, for pods that talk to the servers.
 {{- end }}
 
 {{/*
+TLS: the Secret (keys tls.crt, tls.key and ca.crt, as cert-manager writes them), where it is
+mounted, and the DNS name every server's certificate carries (servers are dialled by pod IP,
+so clients and peers verify this name rather than the address).
+*/}}
+{{- define "bully.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "bully.fullname" .)) .Values.tls.secretName }}
+{{- end }}
+
+{{- define "bully.tlsDir" -}}
+/var/run/secrets/bully-tls
+{{- end }}
+
+{{- define "bully.tlsServerName" -}}
+{{- default (printf "%s.%s.svc.%s" (include "bully.fullname" .) .Release.Namespace .Values.clusterDomain) .Values.tls.serverName }}
+{{- end }}
+
+{{/*
+The servers' TLS flags.
+*/}}
+{{- define "bully.tlsServerArgs" -}}
+{{- if .Values.tls.enabled -}}
+- --tls-cert-file={{ include "bully.tlsDir" . }}/tls.crt
+- --tls-key-file={{ include "bully.tlsDir" . }}/tls.key
+- --tls-client-ca-file={{ include "bully.tlsDir" . }}/ca.crt
+- --tls-server-name={{ include "bully.tlsServerName" . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The servers' TLS volume: the whole Secret as a directory, never through subPath, so the kubelet
+swaps rotated files in place and the servers reload them.
+*/}}
+{{- define "bully.tlsServerVolume" -}}
+{{- if .Values.tls.enabled -}}
+- name: tls
+  secret:
+    secretName: {{ include "bully.tlsSecretName" . }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
+
+{{- define "bully.tlsServerVolumeMount" -}}
+{{- if .Values.tls.enabled -}}
+- name: tls
+  mountPath: {{ include "bully.tlsDir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/*
+CA volume, volumeMount and env vars, for pods that talk to the servers: only ca.crt of the
+Secret (clients must not see the servers' key), again without subPath.
+*/}}
+{{- define "bully.tlsCaVolume" -}}
+{{- if .Values.tls.enabled -}}
+- name: tls-ca
+  secret:
+    secretName: {{ include "bully.tlsSecretName" . }}
+    defaultMode: 0444
+    items:
+      - key: ca.crt
+        path: ca.crt
+{{- end }}
+{{- end }}
+
+{{- define "bully.tlsCaVolumeMount" -}}
+{{- if .Values.tls.enabled -}}
+- name: tls-ca
+  mountPath: {{ include "bully.tlsDir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "bully.tlsClientEnv" -}}
+{{- if .Values.tls.enabled -}}
+- name: BULLY_CA_FILE
+  value: {{ include "bully.tlsDir" . }}/ca.crt
+- name: BULLY_TLS_SERVER_NAME
+  value: {{ include "bully.tlsServerName" . | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
 MongoDB names.
 */}}
 {{- define "bully.mongodbName" -}}
