@@ -5,11 +5,11 @@
 //! leader that cannot renew stops leading *before* the lease runs out.
 //!
 //! - The crate renews the lease `grace` seconds before it runs out. Every request of the Lease
-//!   client is bounded by [`request_timeout`] (half the grace), so a renewal that hangs (the API
-//!   server partitioned away) fails while the lease still runs, and a failed Lease request while
-//!   leading makes this replica a standby at once, without waiting for an answer. It then
-//!   rebuilds its lease manager after the retry period; when the Lease still names it (the
-//!   failure was a blip) it leads again at once.
+//!   client is bounded by [`LeaseConfig::request_timeout`] (half the grace), so a renewal that
+//!   hangs (the API server partitioned away) fails while the lease still runs, and a failed
+//!   Lease request while leading makes this replica a standby at once, without waiting for an
+//!   answer. It then rebuilds its lease manager after the retry period; when the Lease still
+//!   names it (the failure was a blip) it leads again at once.
 //! - A standby sleeps until the holder's lease runs out (by its own clock: the grace also
 //!   bounds the clock skew the election tolerates), then takes the lease with a server-side
 //!   apply that conflicts if another standby got there first.
