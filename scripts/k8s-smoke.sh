@@ -172,7 +172,8 @@ set_status 0 100 follower
 set_status 1 200 follower
 set_status 2 300 coordinator 1
 
-echo -n smoke-token >token
+# At least 16 characters, as the controller requires of a token file.
+echo -n smoke-token-0123456789 >token
 KUBECONFIG="$run/kubeconfig-ctrl" BULLY_CONTROLLER_NAMESPACE=default POD_NAME=smoke \
     "$root/target/debug/bully-controller" run --metrics-listen 127.0.0.1:18080 --token-file token \
     --pod-selector app.kubernetes.io/instance=bully >controller.log 2>&1 &
@@ -242,6 +243,7 @@ curl -sf 127.0.0.1:18080/metrics | grep -qx 'bully_controller_leader 1' || fail 
 # The leader dies (no release) during a failover: bully-2 wins term 3. The standby takes over
 # once the lease has run out (10 s after the last renewal, plus up to 1 s) and moves the label.
 kill -KILL "$controller"
+wait "$controller" 2>/dev/null || true
 set_status 1 200 follower
 set_status 2 300 coordinator 3
 start=$SECONDS
