@@ -7,12 +7,13 @@
 #   - bully-controller (target/debug, built here) runs as the chart's service account user, so
 #     the chart's Role is what it gets, and must: label the coordinator, move the label after a
 #     new election, warn about two claimants, relabel a recreated pod, write the BullyCluster
-#     status and events, and exit on SIGTERM.
+#     status and events; a second replica stands by on the Lease and takes over (and moves the
+#     label) after the leader is killed; the leader releases the Lease and exits on SIGTERM.
 #
 # First run: installs Debian packages (golang-go, etcd-server, ...), downloads Debian's
 # `kubernetes` source package and builds kube-apiserver and kube-controller-manager into
 # .tools/kube-1.20 (~5 min on 2 cores). Needs root, python3, cargo, and the ports 16443, 16444,
-# 23790, 23800, 18080 and 127.0.0.2-4:7070 free. Leaves nothing running.
+# 23790, 23800, 18080, 18081 and 127.0.0.2-4:7070 free. Leaves nothing running.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -171,7 +172,8 @@ set_status 0 100 follower
 set_status 1 200 follower
 set_status 2 300 coordinator 1
 
-echo -n smoke-token >token
+# At least 16 characters, as the controller requires of a token file.
+echo -n smoke-token-0123456789 >token
 KUBECONFIG="$run/kubeconfig-ctrl" BULLY_CONTROLLER_NAMESPACE=default POD_NAME=smoke \
     "$root/target/debug/bully-controller" run --metrics-listen 127.0.0.1:18080 --token-file token \
     --pod-selector app.kubernetes.io/instance=bully >controller.log 2>&1 &
@@ -224,7 +226,36 @@ sleep 4
 [ "$(kubectl get bullycluster bully -o jsonpath='{.metadata.resourceVersion}')" = "$rv" ] \
     || fail "the status is rewritten while nothing changes"
 
-kill -TERM "$controller"
-for _ in $(seq 50); do kill -0 "$controller" 2>/dev/null || break; sleep 0.1; done
-kill -0 "$controller" 2>/dev/null && fail "the controller did not exit on SIGTERM"
+# Leader election: the first controller holds the chart's Lease; a second replica stands by.
+holder() { kubectl get lease bully-controller -o jsonpath='{.spec.holderIdentity}'; }
+[ "$(holder)" = smoke ] || fail "the Lease should name the first controller (it names '$(holder)')"
+KUBECONFIG="$run/kubeconfig-ctrl" BULLY_CONTROLLER_NAMESPACE=default POD_NAME=smoke-2 \
+    "$root/target/debug/bully-controller" run --metrics-listen 127.0.0.1:18081 --token-file token \
+    --pod-selector app.kubernetes.io/instance=bully >controller-2.log 2>&1 &
+standby=$!
+pids+=($standby)
+wait_for 10 "the second controller ready as standby" sh -c \
+    "curl -sf 127.0.0.1:18081/readyz | grep -qx 'ready: standby'"
+[ "$(curl -sf 127.0.0.1:18080/readyz)" = "ready: leader" ] || fail "the first controller should lead"
+curl -sf 127.0.0.1:18081/metrics | grep -qx 'bully_controller_leader 0' || fail "standby: bully_controller_leader 0"
+curl -sf 127.0.0.1:18080/metrics | grep -qx 'bully_controller_leader 1' || fail "leader: bully_controller_leader 1"
+
+# The leader dies (no release) during a failover: bully-2 wins term 3. The standby takes over
+# once the lease has run out (10 s after the last renewal, plus up to 1 s) and moves the label.
+kill -KILL "$controller"
+wait "$controller" 2>/dev/null || true
+set_status 1 200 follower
+set_status 2 300 coordinator 3
+start=$SECONDS
+wait_for 15 "label moved to bully-2 by the standby" has_role bully-2 coordinator
+wait_for 5 "status written by smoke-2" \
+    status_is '{.status.coordinator} {.status.term} {.status.reconciledBy}' "bully-2 3 smoke-2"
+[ "$(holder)" = smoke-2 ] || fail "the Lease should name the second controller"
+echo "k8s-smoke: the standby took over and moved the label within $((SECONDS - start + 1)) s"
+kubectl get bullycluster bully -o wide | grep -q smoke-2 || fail "kubectl get -o wide should show RECONCILED BY"
+
+kill -TERM "$standby"
+for _ in $(seq 50); do kill -0 "$standby" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$standby" 2>/dev/null && fail "the controller did not exit on SIGTERM"
+[ -z "$(holder)" ] || fail "the leader should release the Lease on SIGTERM"
 echo "k8s-smoke: all checks passed"

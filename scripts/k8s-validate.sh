@@ -8,8 +8,16 @@
 #   3. the CRD in the chart is the one `bully-controller crdgen` generates (when cargo is there;
 #      `cargo test -p bully-controller` checks it too);
 #   4. charts/bully/README.md (the values table) is what scripts/chart-readme.py generates;
-#   5. k8s/bully.yaml is not stale: a fresh render must be identical.
-# Installs helm and kubernetes-validate into .tools/ on first use (scripts/k8s-tools.sh).
+#   5. k8s/bully.yaml is not stale: a fresh render must be identical;
+#   6. monitoring: in every shape, the PrometheusRule passes `promtool check rules` and the
+#      dashboard ConfigMap holds valid JSON; the default rules pass the alert unit tests
+#      (`promtool test rules tests/monitoring/alerts-test.yaml`). kubernetes-validate has no
+#      schema for the Prometheus operator's kinds, so PodMonitors are only rendered and linted.
+#      (The metric names the rules and the dashboard use are checked against real /metrics
+#      scrapes by `cargo test -p bully-tests --test monitoring`.)
+# Installs helm and kubernetes-validate into .tools/ on first use (scripts/k8s-tools.sh), and
+# promtool from apt (scripts/install-promtool.sh); without promtool the rule checks are skipped
+# with a warning, unless BULLY_REQUIRE_PROMTOOL=1 (CI), where that fails.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -19,6 +27,8 @@ kube_version="1.32.0"
 source "$root/scripts/k8s-tools.sh"
 python="$root/.tools/venv/bin/python"
 
+promtool="$(bash "$root/scripts/install-promtool.sh" 2>/dev/null || true)"
+
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 failed=0
@@ -27,18 +37,48 @@ fail() {
     failed=1
 }
 
+warned_promtool=0
+# A monitoring.coreos.com/v1 document: a PrometheusRule's groups go through promtool.
+check_monitoring() {
+    local doc="$1" name="$2"
+    grep -q '^kind: PrometheusRule$' "$doc" || return 0
+    if [ -z "$promtool" ]; then
+        if [ "${BULLY_REQUIRE_PROMTOOL:-0}" = 1 ]; then
+            fail "promtool is missing (scripts/install-promtool.sh) and BULLY_REQUIRE_PROMTOOL=1"
+        elif [ "$warned_promtool" = 0 ]; then
+            echo "k8s-validate: WARNING: promtool is missing (scripts/install-promtool.sh): alerting rules NOT checked" >&2
+            warned_promtool=1
+        fi
+        return 0
+    fi
+    "$python" -c 'import sys, yaml; yaml.safe_dump(yaml.safe_load(open(sys.argv[1]))["spec"], open(sys.argv[2], "w"))' \
+        "$doc" "$tmp/rules-$name.yaml"
+    "$promtool" check rules "$tmp/rules-$name.yaml" >"$tmp/promtool.log" 2>&1 \
+        || { cat "$tmp/promtool.log" >&2; fail "promtool check rules $(basename "$doc") ($name)"; }
+}
+
 # Each value shape in charts/bully/ci/NAME-values.yaml must lint, render and validate. A first
-# line `# helm-args: ...` adds helm arguments (e.g. --kube-version).
+# line `# helm-args: ...` adds helm arguments (e.g. --kube-version; --api-versions goes to helm
+# template only).
 shapes=("$chart"/ci/*-values.yaml)
 [ -e "${shapes[0]}" ] || { echo "k8s-validate: FAIL: no value shapes in $chart/ci" >&2; exit 1; }
 for values in "${shapes[@]}"; do
     name="$(basename "$values" -values.yaml)"
     args=(-f "$values")
+    lint_args=(-f "$values")
     if read -r first <"$values" && [[ "$first" == "# helm-args: "* ]]; then
         read -r -a extra <<<"${first#"# helm-args: "}"
         args+=("${extra[@]}")
+        # helm lint has no --api-versions (the capabilities it lints against are fixed).
+        for ((i = 0; i < ${#extra[@]}; i++)); do
+            if [ "${extra[i]}" = --api-versions ]; then
+                i=$((i + 1))
+            else
+                lint_args+=("${extra[i]}")
+            fi
+        done
     fi
-    if ! "$HELM" lint --quiet --strict "$chart" "${args[@]}" >"$tmp/lint-$name.log" 2>&1; then
+    if ! "$HELM" lint --quiet --strict "$chart" "${lint_args[@]}" >"$tmp/lint-$name.log" 2>&1; then
         cat "$tmp/lint-$name.log" >&2
         fail "helm lint ($name)"
         continue
@@ -68,6 +108,14 @@ PY
     for doc in "$tmp/docs-$name"/*.yaml; do
         if grep -q '^kind: BullyCluster$' "$doc"; then
             continue # no schema in kubernetes-validate: checked against the CRD below
+        fi
+        if grep -q '^apiVersion: monitoring.coreos.com/v1$' "$doc"; then
+            check_monitoring "$doc" "$name"
+            continue # no schema in kubernetes-validate: rules checked by promtool
+        fi
+        if grep -q '^  bully.json: ' "$doc"; then
+            "$python" -c 'import json, sys, yaml; json.loads(yaml.safe_load(open(sys.argv[1]))["data"]["bully.json"])' "$doc" \
+                || fail "dashboard ConfigMap $(basename "$doc") holds invalid JSON ($name)"
         fi
         if [[ "$name" == kube-1.20 ]] && grep -q '^apiVersion: policy/v1beta1$' "$doc"; then
             # policy/v1beta1 is what a 1.20 API server serves; kubernetes-validate's schemas start
@@ -129,6 +177,33 @@ sys.exit(0 if ok else 1)
 PY
     echo "k8s-validate: $name: lint, template and $(ls "$tmp/docs-$name" | wc -l) documents OK"
 done
+
+# The alert unit tests, against the rules the default values render (annotations left out:
+# their templates are checked by promtool check rules above).
+if [ -n "$promtool" ]; then
+    mkdir -p "$tmp/alerts"
+    if "$HELM" template bully "$chart" --namespace default --set monitoring.prometheusRule.enabled=true \
+        --show-only templates/monitoring-prometheusrule.yaml >"$tmp/alerts/rule.yaml" 2>"$tmp/alerts/helm.log"; then
+        "$python" - "$tmp/alerts/rule.yaml" "$tmp/alerts/rules.yaml" <<'PY'
+import sys, yaml
+spec = yaml.safe_load(open(sys.argv[1]))["spec"]
+for group in spec["groups"]:
+    for rule in group["rules"]:
+        rule.pop("annotations", None)
+yaml.safe_dump(spec, open(sys.argv[2], "w"), sort_keys=False)
+PY
+        cp "$root/tests/monitoring/alerts-test.yaml" "$tmp/alerts/"
+        if "$promtool" test rules "$tmp/alerts/alerts-test.yaml" >"$tmp/alerts/test.log" 2>&1; then
+            echo "k8s-validate: alert unit tests (tests/monitoring/alerts-test.yaml) passed"
+        else
+            cat "$tmp/alerts/test.log" >&2
+            fail "promtool test rules tests/monitoring/alerts-test.yaml"
+        fi
+    else
+        cat "$tmp/alerts/helm.log" >&2
+        fail "helm template of the PrometheusRule"
+    fi
+fi
 
 # The chart's CRD is what the Rust types generate.
 if command -v cargo >/dev/null 2>&1; then

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need (SecantusDB, the
-# MongoDB-compatible test server; etcd for the benchmark smoke test; helm and kubernetes-validate for the chart), checks format
+# MongoDB-compatible test server; etcd for the benchmark smoke test; promtool for the alerting
+# rules and the metrics; helm and kubernetes-validate for the chart), checks format
 # and lints, builds every binary, then runs every test, the container tests last (they build
 # their images first: about 10 minutes the first time, 2 when they exist). Exits non-zero on
 # any failure.
@@ -13,6 +14,9 @@ step "installing test dependencies"
 bash scripts/install-secantus.sh
 # etcd (Debian's etcd-server): the benchmark report's peer baseline, which its smoke test runs.
 bash scripts/install-etcd.sh || echo "WARNING: etcd not installed: the report smoke test runs without it"
+# promtool (Debian's prometheus package): checks the chart's alerting rules and the /metrics of a
+# real server and of the controller. Required in CI (BULLY_REQUIRE_PROMTOOL=1).
+bash scripts/install-promtool.sh || echo "WARNING: promtool not installed: the rule and metrics checks are skipped"
 
 step "format and lints"
 cargo fmt --all -- --check

@@ -1,5 +1,6 @@
-//! The admin HTTP server: `/healthz` (the process runs), `/readyz` (the controller watches its
-//! resources and is not shutting down), `/metrics` (Prometheus text format).
+//! The admin HTTP server: `/healthz` (the process runs), `/readyz` (the controller found its
+//! resources, takes part in the election and is not shutting down; the body says `leader` or
+//! `standby`, both ready), `/metrics` (Prometheus text format).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,12 +11,17 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+use crate::leader::Role;
 
 /// What the admin routes read.
 #[derive(Clone)]
 pub struct AdminState {
     pub registry: Arc<Registry>,
     pub ready: Arc<AtomicBool>,
+    /// This replica's role in the leader election.
+    pub role: watch::Receiver<Role>,
 }
 
 /// The admin routes, without a socket (tests call them with `oneshot`).
@@ -27,11 +33,13 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
+/// A standby is ready too: it is what takes over, and a rollout must wait for it.
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     if state.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready")
+        let role = *state.role.borrow();
+        (StatusCode::OK, format!("ready: {}", role.as_str()))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready".to_string())
     }
 }
 
@@ -69,10 +77,13 @@ mod tests {
         let metrics = Metrics::default().register(&mut registry);
         metrics.label_change("ns/c", "coordinator");
         drop(metrics.start("ns/c"));
+        metrics.leader.set(1);
         let ready = Arc::new(AtomicBool::new(false));
+        let (role, role_rx) = watch::channel(Role::Standby);
         let app = router(AdminState {
             registry: Arc::new(registry),
             ready: ready.clone(),
+            role: role_rx,
         });
         assert_eq!(get_path(app.clone(), "/healthz").await.0, StatusCode::OK);
         assert_eq!(
@@ -80,7 +91,15 @@ mod tests {
             StatusCode::SERVICE_UNAVAILABLE
         );
         ready.store(true, Ordering::Relaxed);
-        assert_eq!(get_path(app.clone(), "/readyz").await.0, StatusCode::OK);
+        assert_eq!(
+            get_path(app.clone(), "/readyz").await,
+            (StatusCode::OK, "ready: standby".to_string())
+        );
+        role.send(Role::Leader).unwrap();
+        assert_eq!(
+            get_path(app.clone(), "/readyz").await,
+            (StatusCode::OK, "ready: leader".to_string())
+        );
         let (code, body) = get_path(app, "/metrics").await;
         assert_eq!(code, StatusCode::OK);
         assert!(
@@ -93,5 +112,6 @@ mod tests {
             body.contains("bully_controller_reconcile_duration_seconds_count 1"),
             "{body}"
         );
+        assert!(body.contains("bully_controller_leader 1"), "{body}");
     }
 }

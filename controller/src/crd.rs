@@ -38,7 +38,10 @@ pub const CONDITION_DEGRADED: &str = "Degraded";
     printcolumn = r#"{"name":"Coordinator","type":"string","description":"Pod that holds the coordinator term","jsonPath":".status.coordinator"}"#,
     printcolumn = r#"{"name":"Term","type":"integer","description":"The coordinator's term","jsonPath":".status.term"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","description":"Ready members / selected members","jsonPath":".status.ready"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Last Failover","type":"date","priority":1,"description":"When the coordinator last changed","jsonPath":".status.lastFailoverTime"}"#,
+    printcolumn = r#"{"name":"Available","type":"string","priority":1,"description":"Reason of the Available condition","jsonPath":".status.conditions[?(@.type==\"Available\")].reason"}"#,
+    printcolumn = r#"{"name":"Reconciled By","type":"string","priority":1,"description":"Controller pod that wrote the status","jsonPath":".status.reconciledBy"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BullyClusterSpec {
@@ -137,9 +140,17 @@ pub struct BullyClusterStatus {
     /// One entry per selected pod, sorted by name.
     #[serde(default)]
     pub members: Vec<MemberStatus>,
+    /// When the controller last saw the coordinator change (another pod, or a new term); the
+    /// first coordinator it sees counts.
+    #[serde(default)]
+    pub last_failover_time: Option<Time>,
     /// `Available` and `Degraded`, in the standard condition shape.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// The controller replica (pod) that wrote this status: the leader of the controller's
+    /// Lease.
+    #[serde(default)]
+    pub reconciled_by: Option<String>,
     /// The `metadata.generation` this status was computed for.
     #[serde(default)]
     pub observed_generation: Option<i64>,
@@ -257,7 +268,27 @@ mod tests {
             .iter()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(columns, ["Coordinator", "Term", "Ready", "Age"]);
+        assert_eq!(
+            columns,
+            [
+                "Coordinator",
+                "Term",
+                "Ready",
+                "Age",
+                "Last Failover",
+                "Available",
+                "Reconciled By"
+            ]
+        );
+        let wide: Vec<_> = version
+            .additional_printer_columns
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|c| c.priority == Some(1))
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(wide, ["Last Failover", "Available", "Reconciled By"]);
     }
 
     #[test]

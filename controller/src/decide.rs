@@ -108,11 +108,13 @@ pub struct Plan {
     pub write_status: bool,
 }
 
-/// Decides from the members (any order) and the previous status.
+/// Decides from the members (any order) and the previous status; `reconciled_by` is this
+/// controller replica, recorded in the status.
 pub fn plan(
     mut members: Vec<Member>,
     previous: Option<&BullyClusterStatus>,
     generation: Option<i64>,
+    reconciled_by: Option<&str>,
     now: Timestamp,
 ) -> Plan {
     members.sort_by(|a, b| a.pod.cmp(&b.pod));
@@ -191,6 +193,18 @@ pub fn plan(
         now,
     );
 
+    // A failover is a new coordinator pod or term, once its term is known (as the
+    // `CoordinatorChanged` event); losing the coordinator keeps the time of the last one.
+    let previous_coordinator = previous
+        .map(|p| (p.coordinator.clone(), p.term))
+        .unwrap_or_default();
+    let last_failover_time = match &coordinator {
+        Some(c) if c.term.is_some() && (Some(c.pod.clone()), c.term) != previous_coordinator => {
+            Some(Time(now))
+        }
+        _ => previous.and_then(|p| p.last_failover_time.clone()),
+    };
+
     let status = BullyClusterStatus {
         coordinator: coordinator.as_ref().map(|c| c.pod.clone()),
         term: coordinator.as_ref().and_then(|c| c.term),
@@ -199,7 +213,9 @@ pub fn plan(
         ready_members: ready,
         total_members: total,
         members: member_statuses,
+        last_failover_time,
         conditions,
+        reconciled_by: reconciled_by.map(String::from),
         observed_generation: generation,
     };
     let write_status = match previous {
@@ -408,6 +424,7 @@ mod tests {
             ],
             None,
             Some(1),
+            Some("ctl-0"),
             now(),
         );
         assert_eq!(
@@ -447,6 +464,7 @@ mod tests {
             ],
             None,
             None,
+            Some("ctl-0"),
             now(),
         );
         assert_eq!(plan.coordinator.unwrap().pod, "b");
@@ -486,6 +504,7 @@ mod tests {
             ],
             Some(&previous),
             None,
+            Some("ctl-0"),
             now(),
         );
         assert!(plan.coordinator.is_none());
@@ -517,18 +536,33 @@ mod tests {
                 ),
             ]
         };
-        let first = plan(members(), None, Some(1), now());
+        let first = plan(members(), None, Some(1), Some("ctl-0"), now());
         assert!(first.labels.is_empty());
         let later = now() + SignedDuration::from_secs(5);
-        let second = plan(members(), Some(&first.status), Some(1), later);
+        let second = plan(
+            members(),
+            Some(&first.status),
+            Some(1),
+            Some("ctl-0"),
+            later,
+        );
         assert!(!second.write_status, "nothing but lastSeen changed");
         // Conditions keep their transition time while their status holds.
         assert_eq!(second.status.conditions, first.status.conditions);
         let much_later = now() + LAST_SEEN_REFRESH;
-        assert!(plan(members(), Some(&first.status), Some(1), much_later).write_status);
+        assert!(
+            plan(
+                members(),
+                Some(&first.status),
+                Some(1),
+                Some("ctl-0"),
+                much_later
+            )
+            .write_status
+        );
         let mut changed = members();
         changed[1].probe = status(4, Role::Candidate, None, false);
-        let third = plan(changed, Some(&first.status), Some(1), later);
+        let third = plan(changed, Some(&first.status), Some(1), Some("ctl-0"), later);
         assert!(third.write_status);
         let degraded = third.status.condition(CONDITION_DEGRADED).unwrap();
         assert_eq!(degraded.reason, "MembersUnavailable");
@@ -537,11 +571,66 @@ mod tests {
 
     #[test]
     fn no_members_is_degraded() {
-        let plan = plan(vec![], None, None, now());
+        let plan = plan(vec![], None, None, None, now());
         assert_eq!(plan.status.ready, "0/0");
         assert_eq!(
             plan.status.condition(CONDITION_DEGRADED).unwrap().reason,
             "NoMembers"
+        );
+    }
+
+    #[test]
+    fn last_failover_time_moves_with_the_coordinator() {
+        let one = |pod: &str, term| {
+            vec![member(
+                pod,
+                None,
+                status(5, Role::Coordinator, Some(term), true),
+            )]
+        };
+        let first = plan(one("b-0", 1), None, None, Some("ctl-0"), now());
+        assert_eq!(first.status.last_failover_time, Some(Time(now())));
+        assert_eq!(first.status.reconciled_by.as_deref(), Some("ctl-0"));
+        let later = now() + SignedDuration::from_secs(5);
+        let same = plan(
+            one("b-0", 1),
+            Some(&first.status),
+            None,
+            Some("ctl-0"),
+            later,
+        );
+        assert_eq!(same.status.last_failover_time, Some(Time(now())));
+        assert!(!same.write_status);
+        // Another controller replica took over: the status says so, and is rewritten.
+        let taken = plan(
+            one("b-0", 1),
+            Some(&first.status),
+            None,
+            Some("ctl-1"),
+            later,
+        );
+        assert!(taken.write_status);
+        // A new term on the same pod is a failover too; no coordinator keeps the last time.
+        let reelected = plan(
+            one("b-0", 2),
+            Some(&first.status),
+            None,
+            Some("ctl-0"),
+            later,
+        );
+        assert_eq!(reelected.status.last_failover_time, Some(Time(later)));
+        let none = plan(vec![], Some(&reelected.status), None, Some("ctl-0"), later);
+        assert_eq!(none.status.last_failover_time, Some(Time(later)));
+        let moved = plan(
+            one("b-1", 3),
+            Some(&none.status),
+            None,
+            Some("ctl-0"),
+            now() + SignedDuration::from_secs(9),
+        );
+        assert_eq!(
+            moved.status.last_failover_time,
+            Some(Time(now() + SignedDuration::from_secs(9)))
         );
     }
 }

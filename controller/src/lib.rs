@@ -10,19 +10,24 @@
 //! - [`decide`]: the decision (who is coordinator, which labels change, the status), no I/O.
 //! - [`fetch`]: reading a server's `GET /v1/status`, behind the [`fetch::StatusFetcher`] trait.
 //! - [`reconcile`]: one reconcile against the API server, and the error policy.
-//! - [`run`]: wiring: the kube-runtime `Controller`, the admin server, shutdown.
+//! - [`leader`]: leader election among the replicas, on a Lease.
+//! - [`run`]: wiring: the election, the kube-runtime `Controller` while leading, the admin
+//!   server, shutdown.
 //! - [`admin`], [`metrics`]: `/healthz`, `/readyz`, `/metrics`.
 
 pub mod admin;
 pub mod crd;
 pub mod decide;
 pub mod fetch;
+pub mod leader;
 pub mod metrics;
 pub mod reconcile;
 pub mod run;
 
 #[cfg(test)]
 mod fixtures;
+#[cfg(test)]
+mod leader_tests;
 #[cfg(test)]
 mod reconcile_tests;
 

@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the controller.
-    Run(bully_controller::run::RunArgs),
+    Run(Box<bully_controller::run::RunArgs>),
     /// Print the BullyCluster CRD as YAML.
     Crdgen {
         /// Write it to this file instead of stdout.
@@ -50,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Run(args) => {
             init_logging(cli.log_format, "info,kube_runtime=warn,kube_client=warn");
-            bully_controller::run::run(args, shutdown_signal()).await
+            bully_controller::run::run(*args, shutdown_signal()).await
         }
     }
 }

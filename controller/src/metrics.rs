@@ -5,6 +5,7 @@ use std::time::Instant;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -40,6 +41,8 @@ pub struct Metrics {
     pub label_changes: Family<RoleLabels, Counter>,
     pub coordinator_changes: Family<ClusterLabels, Counter>,
     pub status_failures: Family<ReasonLabels, Counter>,
+    /// 1 while this replica holds the lease and runs the controller.
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -53,6 +56,7 @@ impl Default for Metrics {
             label_changes: Family::default(),
             coordinator_changes: Family::default(),
             status_failures: Family::default(),
+            leader: Gauge::default(),
         }
     }
 }
@@ -86,6 +90,11 @@ impl Metrics {
             "status_failures",
             "Selected pods without a status, by reason",
             self.status_failures.clone(),
+        );
+        r.register(
+            "leader",
+            "1 while this replica holds the leader Lease and reconciles, 0 on a standby",
+            self.leader.clone(),
         );
         self
     }

@@ -116,7 +116,13 @@ pub async fn reconcile(cluster: Arc<BullyCluster>, ctx: Arc<Context>) -> Result<
             ctx.metrics.status_failure(&key, why.as_str());
         }
     }
-    let plan = decide::plan(members, cluster.status.as_ref(), generation, now);
+    let plan = decide::plan(
+        members,
+        cluster.status.as_ref(),
+        generation,
+        ctx.reporter.instance.as_deref(),
+        now,
+    );
     let by_name: BTreeMap<String, &Pod> = listed.items.iter().map(|p| (p.name_any(), p)).collect();
 
     for (pod, role) in &plan.labels {

@@ -69,6 +69,12 @@ async fn coordinator_gets_labelled() {
             assert_eq!(s.rank.as_deref(), Some("30"));
             assert_eq!(s.ready, "3/3");
             assert_eq!(s.observed_generation, Some(1));
+            assert_eq!(
+                s.reconciled_by.as_deref(),
+                Some("test"),
+                "the acting replica"
+            );
+            assert!(s.last_failover_time.is_some());
             assert_eq!(s.members.len(), 3);
             assert!(s.members.iter().all(|m| m.last_seen.is_some()));
             assert_eq!(

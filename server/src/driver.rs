@@ -200,12 +200,14 @@ impl ElectionDriver {
         self.metrics
             .live_peers
             .set(peers.iter().filter(|p| p.live).count() as i64);
+        let ready = node.is_ready(now);
+        self.metrics.ready.set(i64::from(ready));
         let view = View {
             role: node.role(),
             term: node.term(),
             accepting: node.is_serving(),
             coordinator,
-            ready: node.is_ready(now),
+            ready,
             peers,
         };
         self.view.send_if_modified(|current| {

@@ -127,7 +127,10 @@ impl Executor {
                 self.metrics.fenced.inc();
                 let _ = self.events.send(Event::Fenced).await;
             }
-            Err(e) => warn!(error = %e, "renewing the lease failed"),
+            Err(e) => {
+                self.metrics.store_error(&e);
+                warn!(error = %e, "renewing the lease failed")
+            }
         }
     }
 
@@ -172,6 +175,7 @@ impl Executor {
                         .map(|r| r.map_err(ExecError::Store))
                         .collect(),
                     Err(e) => {
+                        self.metrics.store_error(&e);
                         match &e {
                             StoreError::Fenced { mine, current } => {
                                 warn!(term = mine, current, "term superseded: stepping down");
@@ -240,7 +244,10 @@ impl Executor {
         match self.store.expire(cutoff).await {
             Ok(0) => {}
             Ok(n) => debug!(removed = n, "expired command records"),
-            Err(e) => warn!(error = %e, "expiring command records failed"),
+            Err(e) => {
+                self.metrics.store_error(&e);
+                warn!(error = %e, "expiring command records failed")
+            }
         }
     }
 }

@@ -178,6 +178,7 @@ pub async fn run(
     );
 
     let metrics = Arc::new(metrics::Metrics::new());
+    metrics.queue_capacity.set(args.queue_capacity as i64);
     let last_seq = Arc::new(AtomicU64::new(0));
     let (events_tx, events_rx) = mpsc::channel(1024);
     let (jobs_tx, jobs_rx) = mpsc::channel(args.queue_capacity);

@@ -1,5 +1,7 @@
-//! Prometheus metrics, served as text on `/metrics`.
+//! Prometheus metrics, served as text on `/metrics`. Every metric is described in
+//! `docs/metrics.md`; the chart's alerts and dashboard use them by name (a test checks).
 
+use bully_client::ErrorCode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -24,6 +26,12 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    /// The error's stable wire code (`queue_full`, `not_coordinator`, ...).
+    pub code: String,
+}
+
 /// Every metric this server exports.
 pub struct Metrics {
     registry: Registry,
@@ -33,7 +41,15 @@ pub struct Metrics {
     pub commands: Family<CommandLabels, Counter>,
     pub latency: Family<KindLabels, Histogram>,
     pub queue_depth: Gauge,
+    /// The queue's bound (`--queue-capacity`), so that alerts can compare the depth to it.
+    pub queue_capacity: Gauge,
     pub live_peers: Gauge,
+    /// 1 while `/readyz` says ready (a live coordinator is known).
+    pub ready: Gauge,
+    /// Command requests answered with an error, by its code.
+    pub command_errors: Family<CodeLabels, Counter>,
+    /// Store operations that failed other than by fencing, by kind (`unavailable`, `corrupt`).
+    pub store_errors: Family<KindLabels, Counter>,
     pub fenced: Counter,
     pub batch_size: Histogram,
     /// Election and heartbeat messages handed to the peer transport, by message kind.
@@ -54,7 +70,11 @@ impl Metrics {
             ))
         });
         let queue_depth = Gauge::default();
+        let queue_capacity = Gauge::default();
         let live_peers = Gauge::default();
+        let ready = Gauge::default();
+        let command_errors = Family::<CodeLabels, Counter>::default();
+        let store_errors = Family::<KindLabels, Counter>::default();
         let fenced = Counter::default();
         // 1 to 512 commands.
         let batch_size = Histogram::new(
@@ -88,9 +108,29 @@ impl Metrics {
             queue_depth.clone(),
         );
         registry.register(
+            "queue_capacity",
+            "Commands the executor queue holds at most",
+            queue_capacity.clone(),
+        );
+        registry.register(
             "live_peers",
             "Peers heard within the heartbeat timeout",
             live_peers.clone(),
+        );
+        registry.register(
+            "ready",
+            "1 while this server knows a live coordinator (what /readyz says)",
+            ready.clone(),
+        );
+        registry.register(
+            "command_errors",
+            "Command requests answered with an error, by error code",
+            command_errors.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Failed store operations other than fencing, by kind",
+            store_errors.clone(),
         );
         registry.register(
             "fenced",
@@ -107,6 +147,16 @@ impl Metrics {
             "Peer messages sent (heartbeats and election messages), by kind",
             peer_messages_sent.clone(),
         );
+        // Series the alerts rate: present (at 0) from the start, since `rate` and `increase`
+        // miss a counter's first increment when its series appears only with it.
+        for kind in ["unavailable", "corrupt"] {
+            let _ = store_errors.get_or_create(&KindLabels { kind });
+        }
+        for code in [ErrorCode::QueueFull, ErrorCode::StoreUnavailable] {
+            let _ = command_errors.get_or_create(&CodeLabels {
+                code: code.to_string(),
+            });
+        }
         Metrics {
             registry,
             role,
@@ -115,7 +165,11 @@ impl Metrics {
             commands,
             latency,
             queue_depth,
+            queue_capacity,
             live_peers,
+            ready,
+            command_errors,
+            store_errors,
             fenced,
             batch_size,
             peer_messages_sent,
@@ -128,6 +182,29 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    pub fn command_error(&self, code: ErrorCode) {
+        self.command_errors
+            .get_or_create(&CodeLabels {
+                code: code.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a store failure; fencing and refusals are the protocol working, not failures.
+    pub fn store_error(&self, error: &crate::store::StoreError) {
+        use crate::store::StoreError;
+        let kind = match error {
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Corrupt(_) => "corrupt",
+            StoreError::Fenced { .. }
+            | StoreError::IdConflict { .. }
+            | StoreError::LeaseHeld { .. } => {
+                return;
+            }
+        };
+        self.store_errors.get_or_create(&KindLabels { kind }).inc();
     }
 
     pub fn command(&self, kind: &'static str, outcome: &'static str) {

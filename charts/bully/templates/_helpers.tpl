@@ -82,6 +82,30 @@ Name of the controller's ServiceAccount.
 {{- end }}
 
 {{/*
+Name of the Lease the controller replicas elect their leader on.
+*/}}
+{{- define "bully.controllerLeaseName" -}}
+{{- printf "%s-controller" (include "bully.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Whether a monitoring.coreos.com/v1 object is rendered: include "bully.monitoringOn" (list . value "Kind")
+gives "true" when value is true, or "auto" and the cluster serves the kind.
+*/}}
+{{- define "bully.monitoringOn" -}}
+{{- $ctx := index . 0 }}
+{{- $value := toString (index . 1) }}
+{{- if or (eq $value "true") (and (eq $value "auto") ($ctx.Capabilities.APIVersions.Has (printf "monitoring.coreos.com/v1/%s" (index . 2)))) }}true{{ end }}
+{{- end }}
+
+{{/*
+Namespace of the monitoring objects.
+*/}}
+{{- define "bully.monitoringNamespace" -}}
+{{- default .Release.Namespace .Values.monitoring.namespace }}
+{{- end }}
+
+{{/*
 The bully image (all three binaries).
 */}}
 {{- define "bully.image" -}}

@@ -210,8 +210,20 @@ fn explain_undecodable(body: &[u8]) -> ApiError {
     }
 }
 
+/// `POST /v1/commands`; every error answer is counted by its code (`bully_command_errors_total`).
 async fn post_command(
     State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<axum::Json<bully_client::CommandResponse>, ApiError> {
+    let result = run_command(&state, body).await;
+    if let Err(e) = &result {
+        state.metrics.command_error(e.body.code);
+    }
+    result
+}
+
+async fn run_command(
+    state: &AppState,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<bully_client::CommandResponse>, ApiError> {
     let received = Instant::now();
@@ -228,7 +240,7 @@ async fn post_command(
         limit.get_or_insert(state.limits.max_page);
     }
     let kind = request.command.kind();
-    if let Err(e) = wait_until_accepting(&state).await {
+    if let Err(e) = wait_until_accepting(state).await {
         state.metrics.command(kind, "rejected");
         return Err(e);
     }
