@@ -20,14 +20,28 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_PAGE: u32 = 1000;
 /// Longest accepted command id, in bytes.
 pub const MAX_ID_BYTES: usize = 128;
+/// The first character of the keys the server keeps for itself (leases, the keys attached to
+/// them): U+10FFFF sorts after every other key, and user keys may not start with it.
+pub const RESERVED_PREFIX: char = '\u{10FFFF}';
+/// Shortest lease TTL, in milliseconds.
+pub const MIN_LEASE_TTL_MS: u64 = 100;
+/// Longest lease TTL, in milliseconds (7 days).
+pub const MAX_LEASE_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// One client command. The JSON form is internally tagged by `op`:
 /// `{"op":"put","key":"a","value":{"x":1}}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
-    /// Store `value` under `key`, replacing any previous value.
-    Put { key: String, value: Value },
+    /// Store `value` under `key`, replacing any previous value. With `lease`, the key is
+    /// attached to that lease and deleted when it expires or is revoked; without, it is
+    /// detached from any lease it had.
+    Put {
+        key: String,
+        value: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease: Option<u64>,
+    },
     /// Read the value under `key`.
     Get { key: String },
     /// Remove `key`.
@@ -55,6 +69,13 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         after: Option<String>,
     },
+    /// Create a lease that the coordinator expires `ttl_ms` after its last grant or
+    /// keepalive; its id is the grant's sequence number.
+    LeaseGrant { ttl_ms: u64 },
+    /// Restart the lease's TTL (answers `lease`, or `lease_not_found`).
+    LeaseKeepalive { id: u64 },
+    /// End the lease now, deleting every key attached to it in the same step.
+    LeaseRevoke { id: u64 },
 }
 
 fn default_delta() -> i64 {
@@ -71,6 +92,9 @@ impl Command {
             Command::Cas { .. } => "cas",
             Command::Incr { .. } => "incr",
             Command::List { .. } => "list",
+            Command::LeaseGrant { .. } => "lease_grant",
+            Command::LeaseKeepalive { .. } => "lease_keepalive",
+            Command::LeaseRevoke { .. } => "lease_revoke",
         }
     }
 
@@ -78,7 +102,7 @@ impl Command {
     /// executor bounds a batch by it.
     pub fn size(&self) -> usize {
         match self {
-            Command::Put { key, value } => key.len() + json_size(value),
+            Command::Put { key, value, .. } => key.len() + json_size(value),
             Command::Cas { key, expected, new } => {
                 key.len() + expected.as_ref().map_or(0, json_size) + json_size(new)
             }
@@ -86,12 +110,18 @@ impl Command {
             Command::List { prefix, after, .. } => {
                 prefix.as_ref().map_or(0, String::len) + after.as_ref().map_or(0, String::len)
             }
+            Command::LeaseGrant { .. }
+            | Command::LeaseKeepalive { .. }
+            | Command::LeaseRevoke { .. } => 8,
         }
     }
 
     /// True for commands that never change the store.
     pub fn is_read(&self) -> bool {
-        matches!(self, Command::Get { .. } | Command::List { .. })
+        matches!(
+            self,
+            Command::Get { .. } | Command::List { .. } | Command::LeaseKeepalive { .. }
+        )
     }
 
     /// Checks the command against the size limits. Keys must be non-empty; values must not be
@@ -102,6 +132,12 @@ impl Command {
                 return Err(Invalid::new(
                     ErrorCode::InvalidCommand,
                     "key must not be empty",
+                ));
+            }
+            if key.starts_with(RESERVED_PREFIX) {
+                return Err(Invalid::new(
+                    ErrorCode::InvalidCommand,
+                    "key must not start with U+10FFFF (reserved for the server's own keys)",
                 ));
             }
             if key.len() > limits.max_key_bytes {
@@ -136,10 +172,24 @@ impl Command {
             Ok(())
         };
         match self {
-            Command::Put { key, value } => {
+            Command::Put { key, value, .. } => {
                 check_key(key)?;
                 check_value("value", value)
             }
+            Command::LeaseGrant { ttl_ms } => {
+                if (MIN_LEASE_TTL_MS..=MAX_LEASE_TTL_MS).contains(ttl_ms) {
+                    Ok(())
+                } else {
+                    Err(Invalid::new(
+                        ErrorCode::InvalidCommand,
+                        format!(
+                            "ttl_ms is {ttl_ms}; a lease lasts {MIN_LEASE_TTL_MS} ms to \
+                             {MAX_LEASE_TTL_MS} ms"
+                        ),
+                    ))
+                }
+            }
+            Command::LeaseKeepalive { .. } | Command::LeaseRevoke { .. } => Ok(()),
             Command::Get { key } | Command::Delete { key } | Command::Incr { key, .. } => {
                 check_key(key)
             }
@@ -156,6 +206,14 @@ impl Command {
                 after,
             } => {
                 for (what, key) in [("prefix", prefix), ("after", after)] {
+                    if let Some(key) = key
+                        && key.starts_with(RESERVED_PREFIX)
+                    {
+                        return Err(Invalid::new(
+                            ErrorCode::InvalidCommand,
+                            format!("{what} must not start with U+10FFFF (reserved)"),
+                        ));
+                    }
                     if let Some(key) = key
                         && key.len() > limits.max_key_bytes
                     {
@@ -332,6 +390,11 @@ pub enum Outcome {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         next: Option<String>,
     },
+    /// `lease_grant` or `lease_keepalive`: the lease and its TTL.
+    Lease { id: u64, ttl_ms: u64 },
+    /// `lease_keepalive`, `lease_revoke` or `put` with a lease that does not exist (it
+    /// expired, was revoked, or never was).
+    LeaseNotFound { id: u64 },
 }
 
 impl Outcome {
@@ -339,7 +402,10 @@ impl Outcome {
     pub fn is_success(&self) -> bool {
         !matches!(
             self,
-            Outcome::NotFound | Outcome::CasMismatch { .. } | Outcome::TypeMismatch { .. }
+            Outcome::NotFound
+                | Outcome::CasMismatch { .. }
+                | Outcome::TypeMismatch { .. }
+                | Outcome::LeaseNotFound { .. }
         )
     }
 }
@@ -597,6 +663,7 @@ mod tests {
         let err = Command::Put {
             key: "k".into(),
             value: json!("0123456789"),
+            lease: None,
         }
         .validate(&limits)
         .unwrap_err();
@@ -605,6 +672,7 @@ mod tests {
         let err = Command::Put {
             key: "k".into(),
             value: Value::Null,
+            lease: None,
         }
         .validate(&limits)
         .unwrap_err();
@@ -620,7 +688,8 @@ mod tests {
         assert!(
             Command::Put {
                 key: "k".into(),
-                value: json!(12345)
+                value: json!(12345),
+                lease: None,
             }
             .validate(&limits)
             .is_ok()

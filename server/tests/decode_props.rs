@@ -53,7 +53,11 @@ fn arb_key() -> impl Strategy<Value = String> {
 /// A command that is valid under the default limits.
 fn arb_command() -> impl Strategy<Value = Command> {
     prop_oneof![
-        (arb_key(), arb_non_null()).prop_map(|(key, value)| Command::Put { key, value }),
+        (arb_key(), arb_non_null()).prop_map(|(key, value)| Command::Put {
+            key,
+            value,
+            lease: None
+        }),
         arb_key().prop_map(|key| Command::Get { key }),
         arb_key().prop_map(|key| Command::Delete { key }),
         (
@@ -223,20 +227,22 @@ fn mutate(request: &CommandRequest, mutation: &Mutation) -> Vec<u8> {
 /// The documented limits, from first principles: ids of 1 to 128 bytes of `[A-Za-z0-9._:-]`;
 /// keys of 1 to `max_key_bytes` bytes; values (and a cas's expected value) not null and at
 /// most `max_value_bytes` bytes of compact JSON; a page of 1 to `max_page`; list bounds no
-/// longer than a key.
+/// longer than a key; no key or bound starting with the reserved U+10FFFF; a lease TTL of
+/// 100 ms to 7 days.
 fn within_limits(request: &CommandRequest, limits: &Limits) -> bool {
     let id_ok = (1..=128).contains(&request.id.len())
         && request
             .id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
-    let key_ok = |key: &str| (1..=limits.max_key_bytes).contains(&key.len());
+    let reserved = |key: &str| key.starts_with('\u{10FFFF}');
+    let key_ok = |key: &str| (1..=limits.max_key_bytes).contains(&key.len()) && !reserved(key);
     let value_ok = |v: &Value| {
         !v.is_null() && serde_json::to_string(v).is_ok_and(|s| s.len() <= limits.max_value_bytes)
     };
     id_ok
         && match &request.command {
-            Command::Put { key, value } => key_ok(key) && value_ok(value),
+            Command::Put { key, value, .. } => key_ok(key) && value_ok(value),
             Command::Get { key } | Command::Delete { key } | Command::Incr { key, .. } => {
                 key_ok(key)
             }
@@ -252,8 +258,10 @@ fn within_limits(request: &CommandRequest, limits: &Limits) -> bool {
                     && [prefix, after]
                         .into_iter()
                         .flatten()
-                        .all(|b| b.len() <= limits.max_key_bytes)
+                        .all(|b| b.len() <= limits.max_key_bytes && !reserved(b))
             }
+            Command::LeaseGrant { ttl_ms } => (100..=7 * 24 * 3600 * 1000).contains(ttl_ms),
+            Command::LeaseKeepalive { .. } | Command::LeaseRevoke { .. } => true,
         }
 }
 
@@ -383,7 +391,7 @@ proptest! {
     fn floats_round_trip_exactly(f in any::<f64>().prop_filter("finite", |f| f.is_finite())) {
         let request = CommandRequest {
             id: "f".into(),
-            command: Command::Put { key: "k".into(), value: Value::from(f) },
+            command: Command::Put { key: "k".into(), value: Value::from(f), lease: None },
         };
         let body = serde_json::to_vec(&request).unwrap();
         prop_assert_eq!(decode_request(&body, &Limits::default()), Ok(request));

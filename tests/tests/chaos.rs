@@ -154,6 +154,7 @@ async fn servers_starting_together_on_a_fresh_embedded_store_all_serve() {
         let put = CommandRequest::new(Command::Put {
             key: format!("round-{round}"),
             value: serde_json::json!(round),
+            lease: None,
         });
         let response = cluster.client().execute(&put).await.expect("a command");
         assert_eq!(response.outcome, Outcome::Ok);

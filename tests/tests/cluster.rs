@@ -85,6 +85,7 @@ async fn three_servers_elect_the_highest_rank() {
     let put = CommandRequest::new(Command::Put {
         key: "k".into(),
         value: serde_json::json!({"a": 1}),
+        lease: None,
     });
     let response = client.execute(&put).await.unwrap();
     assert_eq!((response.outcome, response.term), (Outcome::Ok, term));

@@ -36,6 +36,7 @@ async fn a_slow_client_gets_408_and_the_server_keeps_serving() {
     let put = bully_client::CommandRequest::new(bully_client::Command::Put {
         key: "k".into(),
         value: serde_json::json!(1),
+        lease: None,
     });
     client.execute(&put).await.expect("still serving");
 }

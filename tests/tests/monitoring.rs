@@ -174,6 +174,7 @@ async fn metrics_pass_promtool_and_cover_the_rules_and_the_dashboard() {
         BullyCommand::Put {
             key: "k".into(),
             value: serde_json::json!(1),
+            lease: None,
         },
         BullyCommand::Get { key: "k".into() },
         BullyCommand::Get {

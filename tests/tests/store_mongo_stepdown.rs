@@ -66,6 +66,7 @@ async fn worker(store: Arc<MongoStore>, term: u64, w: usize, stop: Instant) -> (
             Command::Put {
                 key: format!("last-{w}"),
                 value: json!(i),
+                lease: None,
             }
         };
         let sent = Instant::now();

@@ -83,6 +83,9 @@ enum Cmd {
         /// Take VALUE as a string even if it parses as JSON.
         #[arg(long)]
         string: bool,
+        /// Attach KEY to this lease: it is deleted when the lease expires or is revoked.
+        #[arg(long, value_name = "ID")]
+        lease: Option<u64>,
     },
     /// Print the value under KEY (exit 1 if absent).
     Get { key: String },
@@ -109,8 +112,30 @@ enum Cmd {
         #[arg(long)]
         after: Option<String>,
     },
+    /// Leases: keys that vanish when their owner stops renewing them.
+    #[command(subcommand)]
+    Lease(LeaseCmd),
     /// Show every server's view: address, rank, role, term, last heartbeat, ready.
     Status,
+}
+
+#[derive(Subcommand, Debug)]
+enum LeaseCmd {
+    /// Create a lease that expires TTL after its last keepalive (e.g. 10s, 500ms); print its id.
+    Grant {
+        #[arg(value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+    /// Keep lease ID alive while this runs (a keepalive every third of its TTL); exit 1 once
+    /// the lease is gone.
+    Keepalive {
+        id: u64,
+        /// Send one keepalive and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// End lease ID now, deleting every key attached to it.
+    Revoke { id: u64 },
 }
 
 fn parse_value(raw: &str, force_string: bool) -> Value {
@@ -187,10 +212,24 @@ async fn run(cli: Cli) -> ExitCode {
     };
     let command = match cli.command {
         Cmd::Status => return status(&client, cli.output).await,
-        Cmd::Put { key, value, string } => Command::Put {
+        Cmd::Put {
+            key,
+            value,
+            string,
+            lease,
+        } => Command::Put {
             key,
             value: parse_value(&value, string),
+            lease,
         },
+        Cmd::Lease(LeaseCmd::Grant { ttl }) => Command::LeaseGrant {
+            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+        },
+        Cmd::Lease(LeaseCmd::Keepalive { id, once: false }) => {
+            return keepalive(&client, id, cli.output).await;
+        }
+        Cmd::Lease(LeaseCmd::Keepalive { id, once: true }) => Command::LeaseKeepalive { id },
+        Cmd::Lease(LeaseCmd::Revoke { id }) => Command::LeaseRevoke { id },
         Cmd::Get { key } => Command::Get { key },
         Cmd::Delete { key } => Command::Delete { key },
         Cmd::Cas { key, expected, new } => Command::Cas {
@@ -221,8 +260,15 @@ async fn run(cli: Cli) -> ExitCode {
     }
     match client.execute(&request).await {
         Ok(response) => report(&response, cli.output),
-        Err(ClientError::Rejected { server, body }) => {
-            if cli.output == Output::Json {
+        Err(e) => failed(e, cli.output),
+    }
+}
+
+/// Reports a command no server executed.
+fn failed(error: ClientError, output: Output) -> ExitCode {
+    match error {
+        ClientError::Rejected { server, body } => {
+            if output == Output::Json {
                 println!("{}", serde_json::to_string(&body).unwrap_or_default());
             }
             eprintln!(
@@ -231,14 +277,35 @@ async fn run(cli: Cli) -> ExitCode {
             );
             ExitCode::from(EXIT_USAGE)
         }
-        Err(ClientError::Exhausted { timeout, errors }) => {
+        ClientError::Exhausted { timeout, errors } => {
             eprintln!("error: no server executed the command within {timeout:?}; last errors:");
             for (server, error) in errors {
                 eprintln!("  {server}: {error}");
             }
             ExitCode::from(EXIT_UNAVAILABLE)
         }
-        Err(ClientError::Config(message)) => usage(message),
+        ClientError::Config(message) => usage(message),
+    }
+}
+
+/// Sends a keepalive for lease `id` every third of its TTL until the lease is gone (exit 1),
+/// no server answers within the deadline (exit 3), or the process is stopped.
+async fn keepalive(client: &Client, id: u64, output: Output) -> ExitCode {
+    loop {
+        let request = CommandRequest::new(Command::LeaseKeepalive { id });
+        let ttl_ms = match client.execute(&request).await {
+            Ok(response) => match response.outcome {
+                Outcome::Lease { ttl_ms, .. } => {
+                    if output == Output::Json {
+                        println!("{}", serde_json::to_string(&response).unwrap_or_default());
+                    }
+                    ttl_ms
+                }
+                _ => return report(&response, output),
+            },
+            Err(e) => return failed(e, output),
+        };
+        tokio::time::sleep(Duration::from_millis((ttl_ms / 3).max(10))).await;
     }
 }
 
@@ -268,6 +335,11 @@ fn report(response: &CommandResponse, output: Output) -> ExitCode {
         Outcome::Ok => writeln!(out, "OK {meta}"),
         Outcome::Value { value } => writeln!(out, "{}", compact(value)),
         Outcome::Counter { value } => writeln!(out, "{value}"),
+        Outcome::Lease { id, .. } => writeln!(out, "{id}"),
+        Outcome::LeaseNotFound { id } => {
+            eprintln!("lease {id} not found (expired or revoked) {meta}");
+            Ok(())
+        }
         Outcome::NotFound => {
             eprintln!("not found {meta}");
             Ok(())

@@ -303,6 +303,27 @@ fn apply_batch_in(conn: &mut Connection, term: u64, ops: &[Op]) -> Result<Vec<Re
             }
         }
     }
+    // Leases: the reserved keys the batch's commands need, in (at most two) rounds.
+    loop {
+        let keys = logic::extra_reads(ops, &snapshot);
+        if keys.is_empty() {
+            break;
+        }
+        for key in keys {
+            let stored = tx
+                .prepare_cached("SELECT value FROM kv WHERE key = ?1")
+                .map_err(sql)?
+                .query_row([&key], |row| row.get::<_, String>(0))
+                .optional()
+                .map_err(sql)?;
+            if let Some(text) = stored {
+                snapshot
+                    .values
+                    .insert(key.clone(), parse(&text, "stored value")?);
+            }
+            snapshot.fetched.insert(key);
+        }
+    }
     for (query, n) in logic::list_scans(ops) {
         snapshot.lists.push(scan(&tx, &query, n)?);
     }
@@ -386,7 +407,10 @@ fn scan(tx: &rusqlite::Transaction<'_>, query: &ListQuery, n: usize) -> Result<V
         && let Some(row) = rows.next().map_err(sql)?
     {
         let key: String = row.get(0).map_err(sql)?;
-        if !key.starts_with(&query.prefix) {
+        // The server's own keys sort after every user key.
+        if !key.starts_with(&query.prefix)
+            || (!query.reserved() && key.starts_with(bully_client::RESERVED_PREFIX))
+        {
             break;
         }
         if !query.matches(&key) {

@@ -6,9 +6,10 @@
 //! the [`Plan`]'s values, records and sequence number. Keeping the semantics here means every
 //! backend answers identically; [`evaluate`] is what one command does to its key.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use bully_client::{Command, Entry, Outcome};
+use bully_client::{Command, Entry, Outcome, RESERVED_PREFIX};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Applied, Record, StoreError};
@@ -78,7 +79,10 @@ pub fn evaluate(command: &Command, current: Option<&Value>) -> (Outcome, Effect)
                 },
             }
         }
-        Command::List { .. } => (Outcome::NotFound, Effect::None),
+        Command::List { .. }
+        | Command::LeaseGrant { .. }
+        | Command::LeaseKeepalive { .. }
+        | Command::LeaseRevoke { .. } => (Outcome::NotFound, Effect::None),
     }
 }
 
@@ -90,7 +94,10 @@ pub fn key_of(command: &Command) -> Option<&str> {
         | Command::Delete { key }
         | Command::Cas { key, .. }
         | Command::Incr { key, .. } => Some(key),
-        Command::List { .. } => None,
+        Command::List { .. }
+        | Command::LeaseGrant { .. }
+        | Command::LeaseKeepalive { .. }
+        | Command::LeaseRevoke { .. } => None,
     }
 }
 
@@ -120,9 +127,18 @@ impl ListQuery {
         }
     }
 
-    /// Whether `key` belongs to this query's range (ignoring the limit).
+    /// Whether `key` belongs to this query's range (ignoring the limit). The server's own
+    /// keys (under [`RESERVED_PREFIX`]) belong only to a query for a reserved prefix, which
+    /// only the server itself sends.
     pub fn matches(&self, key: &str) -> bool {
-        key.starts_with(&self.prefix) && self.after.as_deref().is_none_or(|after| key > after)
+        key.starts_with(&self.prefix)
+            && self.after.as_deref().is_none_or(|after| key > after)
+            && (self.reserved() || !key.starts_with(RESERVED_PREFIX))
+    }
+
+    /// True for a query of the server's own keys.
+    pub fn reserved(&self) -> bool {
+        self.prefix.starts_with(RESERVED_PREFIX)
     }
 }
 
@@ -135,6 +151,8 @@ pub struct Snapshot {
     pub records: HashMap<String, (Record, String)>,
     pub values: HashMap<String, Value>,
     pub lists: Vec<Vec<Entry>>,
+    /// The keys [`extra_reads`] asked for that were read (present or not).
+    pub fetched: HashSet<String>,
 }
 
 /// Which stored values a batch must read: the key of each single-key command, once, except
@@ -159,7 +177,8 @@ impl<'a> NeededValues<'a> {
         if !self.keys.insert(key) {
             return None;
         }
-        let overwrites = applies && matches!(op.command, Command::Put { .. });
+        // A put with a lease may be refused (the lease is gone) and leave the key as it was.
+        let overwrites = applies && matches!(op.command, Command::Put { lease: None, .. });
         (!overwrites).then_some(key)
     }
 }
@@ -276,24 +295,7 @@ pub fn plan_batch(
                 })?;
                 page(&query, merged_list(&query, &plan.values, stored))
             }
-            None => {
-                let key = key_of(&op.command).unwrap_or_default();
-                let current = match plan.values.get(key) {
-                    Some(changed) => changed.as_ref(),
-                    None => snapshot.values.get(key),
-                };
-                let (outcome, effect) = evaluate(&op.command, current);
-                match effect {
-                    Effect::None => {}
-                    Effect::Set(value) => {
-                        plan.values.insert(key.to_string(), Some(value));
-                    }
-                    Effect::Remove => {
-                        plan.values.insert(key.to_string(), None);
-                    }
-                }
-                outcome
-            }
+            None => apply_one(&op.command, plan.seq + 1, &mut plan.values, snapshot)?,
         };
         if op.command.is_read() {
             plan.results.push(Ok(applied(plan.seq, outcome)));
@@ -316,6 +318,186 @@ pub fn plan_batch(
         plan.results.push(Ok(applied(plan.seq, outcome)));
     }
     Ok(plan)
+}
+
+/// The key of lease `id`'s record. Zero-padded so that leases list in id order.
+pub fn lease_key(id: u64) -> String {
+    format!("{RESERVED_PREFIX}lease/{id:020}")
+}
+
+/// The prefix of every lease record.
+pub fn lease_prefix() -> String {
+    format!("{RESERVED_PREFIX}lease/")
+}
+
+/// The key that records which lease `key` is attached to (its value: the lease id).
+pub fn owner_key(key: &str) -> String {
+    format!("{RESERVED_PREFIX}owner/{key}")
+}
+
+/// A lease as stored under [`lease_key`]: its TTL and the keys put with it. The list may hold
+/// keys since detached (put again without the lease, deleted, attached to another lease): a
+/// revoke deletes only those whose [`owner_key`] still names the lease, so detaching a key
+/// never needs to read or rewrite its former lease.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    pub ttl_ms: u64,
+    #[serde(default)]
+    pub keys: Vec<String>,
+}
+
+impl LeaseRecord {
+    pub fn parse(value: &Value) -> Result<LeaseRecord, StoreError> {
+        serde_json::from_value(value.clone())
+            .map_err(|e| StoreError::Corrupt(format!("lease record: {e}")))
+    }
+
+    fn to_value(&self) -> Value {
+        serde_json::json!({"ttl_ms": self.ttl_ms, "keys": self.keys})
+    }
+}
+
+/// The reserved keys a batch's commands need beyond their own keys: the owner of every key a
+/// put or delete changes, the record of every lease a command names, and, once a revoked
+/// lease's record has been read, the owner of each of its keys. A backend reads them in
+/// rounds (recording each in [`Snapshot::fetched`]) until this returns nothing: at most two
+/// rounds, and none for a batch of plain commands on keys without leases beyond the first.
+pub fn extra_reads(ops: &[Op], snapshot: &Snapshot) -> Vec<String> {
+    let mut keys = BTreeSet::new();
+    for op in ops {
+        match &op.command {
+            Command::Put { key, lease, .. } => {
+                keys.insert(owner_key(key));
+                if let Some(id) = lease {
+                    keys.insert(lease_key(*id));
+                }
+            }
+            Command::Delete { key } => {
+                keys.insert(owner_key(key));
+            }
+            Command::LeaseKeepalive { id } => {
+                keys.insert(lease_key(*id));
+            }
+            Command::LeaseRevoke { id } => {
+                let record = lease_key(*id);
+                if let Some(lease) = snapshot
+                    .values
+                    .get(&record)
+                    .and_then(|v| LeaseRecord::parse(v).ok())
+                {
+                    keys.extend(lease.keys.iter().map(|k| owner_key(k)));
+                }
+                keys.insert(record);
+            }
+            _ => {}
+        }
+    }
+    keys.into_iter()
+        .filter(|k| !snapshot.fetched.contains(k))
+        .collect()
+}
+
+/// The value of `key` as a command of the batch sees it: the batch's change, else the store's.
+fn current(
+    changed: &BTreeMap<String, Option<Value>>,
+    snapshot: &Snapshot,
+    key: &str,
+) -> Option<Value> {
+    match changed.get(key) {
+        Some(value) => value.clone(),
+        None => snapshot.values.get(key).cloned(),
+    }
+}
+
+/// Removes `key`'s owner record, if it has one.
+fn detach(changed: &mut BTreeMap<String, Option<Value>>, snapshot: &Snapshot, key: &str) {
+    let owner = owner_key(key);
+    if current(changed, snapshot, &owner).is_some() {
+        changed.insert(owner, None);
+    }
+}
+
+/// What one command (not a `list`) does, as the `seq`th write, to the batch's view of the
+/// store (`changed` over `snapshot`).
+fn apply_one(
+    command: &Command,
+    seq: u64,
+    changed: &mut BTreeMap<String, Option<Value>>,
+    snapshot: &Snapshot,
+) -> Result<Outcome, StoreError> {
+    let lease_of = |changed: &BTreeMap<String, Option<Value>>, id: u64| {
+        current(changed, snapshot, &lease_key(id))
+            .map(|v| LeaseRecord::parse(&v))
+            .transpose()
+    };
+    Ok(match command {
+        Command::LeaseGrant { ttl_ms } => {
+            let record = LeaseRecord {
+                ttl_ms: *ttl_ms,
+                keys: Vec::new(),
+            };
+            changed.insert(lease_key(seq), Some(record.to_value()));
+            Outcome::Lease {
+                id: seq,
+                ttl_ms: *ttl_ms,
+            }
+        }
+        Command::LeaseKeepalive { id } => match lease_of(changed, *id)? {
+            Some(lease) => Outcome::Lease {
+                id: *id,
+                ttl_ms: lease.ttl_ms,
+            },
+            None => Outcome::LeaseNotFound { id: *id },
+        },
+        Command::LeaseRevoke { id } => match lease_of(changed, *id)? {
+            Some(lease) => {
+                for key in &lease.keys {
+                    let owner = owner_key(key);
+                    if current(changed, snapshot, &owner).and_then(|v| v.as_u64()) == Some(*id) {
+                        changed.insert(key.clone(), None);
+                        changed.insert(owner, None);
+                    }
+                }
+                changed.insert(lease_key(*id), None);
+                Outcome::Ok
+            }
+            None => Outcome::LeaseNotFound { id: *id },
+        },
+        Command::Put {
+            key,
+            value,
+            lease: Some(id),
+        } => match lease_of(changed, *id)? {
+            Some(mut lease) => {
+                if let Err(at) = lease.keys.binary_search(key) {
+                    lease.keys.insert(at, key.clone());
+                    changed.insert(lease_key(*id), Some(lease.to_value()));
+                }
+                changed.insert(key.clone(), Some(value.clone()));
+                changed.insert(owner_key(key), Some(Value::from(*id)));
+                Outcome::Ok
+            }
+            None => Outcome::LeaseNotFound { id: *id },
+        },
+        _ => {
+            let key = key_of(command).unwrap_or_default();
+            let (outcome, effect) = evaluate(command, current(changed, snapshot, key).as_ref());
+            match effect {
+                Effect::None => {}
+                Effect::Set(value) => {
+                    if matches!(command, Command::Put { .. }) {
+                        detach(changed, snapshot, key);
+                    }
+                    changed.insert(key.to_string(), Some(value));
+                }
+                Effect::Remove => {
+                    detach(changed, snapshot, key);
+                    changed.insert(key.to_string(), None);
+                }
+            }
+            outcome
+        }
+    })
 }
 
 /// Up to `limit + 1` entries of `query`'s range: the stored scan, with the batch's changes laid
@@ -439,6 +621,7 @@ mod tests {
         let put = |key: &str| Command::Put {
             key: key.into(),
             value: json!("v"),
+            lease: None,
         };
         let get = |key: &str| Command::Get { key: key.into() };
         let incr = |key: &str| Command::Incr {
@@ -478,6 +661,7 @@ mod tests {
                 Command::Put {
                     key: k(),
                     value: json!("v"),
+                    lease: None,
                 },
                 None,
                 Outcome::Ok,
@@ -624,14 +808,17 @@ mod tests {
         let a = Command::Put {
             key: k(),
             value: json!({"x": 1, "y": 2}),
+            lease: None,
         };
         let b = Command::Put {
             key: k(),
             value: json!({"y": 2, "x": 1}),
+            lease: None,
         };
         let c = Command::Put {
             key: k(),
             value: json!({"x": 2}),
+            lease: None,
         };
         assert_eq!(fingerprint(&a), fingerprint(&b));
         assert_ne!(fingerprint(&a), fingerprint(&c));

@@ -80,6 +80,7 @@ impl Worker for BullyWorker {
             Request::Put { key, value } => Command::Put {
                 key: key.clone(),
                 value: value.as_ref().into(),
+                lease: None,
             },
             Request::Get { key } => Command::Get { key: key.clone() },
         };

@@ -51,7 +51,7 @@ impl OpRecord {
 /// The checker's form of a command (`None` for `list`, which is not modelled).
 pub fn kv_input(command: &Command) -> Option<(String, KvInput)> {
     Some(match command {
-        Command::Put { key, value } => (
+        Command::Put { key, value, .. } => (
             key.clone(),
             KvInput::Put {
                 value: value.clone(),
@@ -67,7 +67,10 @@ pub fn kv_input(command: &Command) -> Option<(String, KvInput)> {
             },
         ),
         Command::Incr { key, delta } => (key.clone(), KvInput::Incr { delta: *delta }),
-        Command::List { .. } => return None,
+        Command::List { .. }
+        | Command::LeaseGrant { .. }
+        | Command::LeaseKeepalive { .. }
+        | Command::LeaseRevoke { .. } => return None,
     })
 }
 
@@ -84,7 +87,9 @@ pub fn kv_output(outcome: &Outcome) -> Option<KvOutput> {
         },
         Outcome::Counter { value } => KvOutput::Counter { value: *value },
         Outcome::TypeMismatch { .. } => KvOutput::TypeMismatch,
-        Outcome::Page { .. } => return None,
+        Outcome::Page { .. } | Outcome::Lease { .. } | Outcome::LeaseNotFound { .. } => {
+            return None;
+        }
     })
 }
 

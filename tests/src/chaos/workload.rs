@@ -132,6 +132,7 @@ pub async fn client_loop(
                     } else {
                         json!(unique)
                     },
+                    lease: None,
                 },
                 30..62 => Command::Get { key },
                 62..87 => Command::Cas {
@@ -162,7 +163,7 @@ pub async fn client_loop(
             | Command::Delete { key }
             | Command::Cas { key, .. }
             | Command::Incr { key, .. } => key.clone(),
-            Command::List { .. } => unreachable!("the workload issues no list"),
+            _ => unreachable!("the workload issues no list and no lease command"),
         };
         let request = CommandRequest {
             id: format!("s{seed}-{unique}"),

@@ -10,7 +10,9 @@
 //!   broken by a claimer that knows the holder dead;
 //! - `batch`: group commit — a batch answers as one-at-a-time execution would (the same
 //!   command stream through both paths, compared result by result), a fenced batch applies
-//!   nothing, a repeated id inside a batch, a batch that fails midway.
+//!   nothing, a repeated id inside a batch, a batch that fails midway;
+//! - `ttl`: leases on keys — grant, keepalive, revoke deleting the attached keys, detaching,
+//!   the server's own keys hidden from `list`.
 
 use std::sync::Arc;
 
@@ -21,6 +23,7 @@ use super::{Store, StoreError};
 
 mod batch;
 mod lease;
+mod ttl;
 
 /// Two independent handles on one fresh, empty store.
 pub type Pair = (Arc<dyn Store>, Arc<dyn Store>);
@@ -67,6 +70,9 @@ pub async fn run_all(backend: &impl Backend) {
     case!(lease::a_running_lease_refuses_other_claimers);
     case!(lease::a_released_lease_lets_the_next_claim_through);
     case!(lease::a_lease_runs_out_unless_renewed);
+    case!(ttl::revoking_a_lease_deletes_its_keys);
+    case!(ttl::a_key_put_again_or_deleted_leaves_its_lease);
+    case!(ttl::a_batch_sees_its_own_lease_changes);
     eprintln!("conformance: batch::a_batch_that_fails_midway_applies_nothing");
     batch::a_batch_that_fails_midway_applies_nothing(backend).await;
 }
@@ -75,6 +81,7 @@ pub(super) fn put(key: &str, value: serde_json::Value) -> Command {
     Command::Put {
         key: key.into(),
         value,
+        lease: None,
     }
 }
 

@@ -54,6 +54,8 @@ use super::logic::{self, ListQuery, Snapshot};
 use super::{Applied, Claim, FenceState, Op, Record, Result, Store, StoreError};
 
 const FENCE_ID: &str = "fence";
+/// [`bully_client::RESERVED_PREFIX`] as a string: where the server's own keys begin.
+const RESERVED_START: &str = "\u{10FFFF}";
 
 /// Options of [`MongoStore::connect`].
 #[derive(Clone, Debug)]
@@ -329,6 +331,27 @@ impl MongoStore {
                     .insert(text(doc, "_id")?.to_string(), value_of(doc)?);
             }
         }
+        // Leases: the reserved keys the batch's commands need, in (at most two) rounds.
+        loop {
+            let keys = logic::extra_reads(ops, &snapshot);
+            if keys.is_empty() {
+                break;
+            }
+            let docs: Vec<Document> = self
+                .kv
+                .find(doc! { "_id": { "$in": &keys } })
+                .session(&mut session)
+                .await?
+                .stream(&mut session)
+                .try_collect()
+                .await?;
+            for doc in &docs {
+                snapshot
+                    .values
+                    .insert(text(doc, "_id")?.to_string(), value_of(doc)?);
+            }
+            snapshot.fetched.extend(keys);
+        }
         for (query, n) in logic::list_scans(ops) {
             snapshot
                 .lists
@@ -406,7 +429,13 @@ impl MongoStore {
             Some(after) if *after >= query.prefix => doc! { "$gt": after },
             _ => doc! { "$gte": &query.prefix },
         };
-        if let Some(end) = prefix_end(&query.prefix) {
+        // The server's own keys sort after every user key: a user query stops before them.
+        let end = match prefix_end(&query.prefix) {
+            end if query.reserved() => end,
+            Some(end) if end.as_str() < RESERVED_START => Some(end),
+            _ => Some(RESERVED_START.to_string()),
+        };
+        if let Some(end) = end {
             range.insert("$lt", end);
         }
         let docs: Vec<Document> = self

@@ -56,6 +56,7 @@ fn good() -> Case {
     let put = |v: &str| Command::Put {
         key: "k".into(),
         value: json!(v),
+        lease: None,
     };
     let incr = Command::Incr {
         key: "n".into(),
@@ -258,6 +259,7 @@ fn an_out_of_order_replay_is_caught() {
         Command::Put {
             key: "k".into(),
             value: json!("b"),
+            lease: None,
         },
         (41, 49),
         2,
