@@ -10,6 +10,11 @@
 //! batches one after another is what makes the order global and serial; the store's term check
 //! makes it safe across coordinators.
 //!
+//! Leases on keys: the executor keeps the coordinator's [`LeaseClock`], fed by the grants,
+//! keepalives and revokes it answers; it loads the store's leases when it starts a term, and
+//! applies an internal `lease_revoke` when one falls due, between two batches (see
+//! [`crate::lease_clock`]).
+//!
 //! A [`ExecMsg::Drain`] marker travels through the same queue: when the executor reaches it,
 //! every command queued before it has been answered, and it stops applying (a handoff follows).
 
@@ -17,10 +22,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bully_client::{CommandResponse, Outcome};
+use bully_client::{Command, CommandResponse, Outcome};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use crate::lease_clock::{LeaseClock, expiry_id};
 use crate::messages::{Control, Event, ExecError, ExecMsg, Job};
 use crate::metrics::Metrics;
 use crate::store::{Applied, Op, Store, StoreError};
@@ -28,6 +34,16 @@ use crate::store::{Applied, Op, Store, StoreError};
 /// A batch stops growing at this many bytes of commands (their values' JSON), so that one
 /// store transaction stays well within what a MongoDB transaction may hold.
 const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// How long an expiry that the store did not apply waits before it is tried again.
+const EXPIRY_RETRY: Duration = Duration::from_millis(100);
+
+/// The coordinator's leases: the clock and the term whose leases it was loaded for.
+#[derive(Debug, Default)]
+struct Leases {
+    clock: LeaseClock,
+    loaded: Option<u64>,
+}
 
 pub struct Executor {
     pub store: Arc<dyn Store>,
@@ -53,7 +69,10 @@ impl Executor {
         expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut renewal = tokio::time::interval(self.lease_renewal.max(Duration::from_millis(10)));
         renewal.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut leases = Leases::default();
         loop {
+            self.sync_leases(&mut term, &mut leases).await;
+            let next_expiry = leases.clock.next_deadline();
             tokio::select! {
                 biased;
                 control = self.control.recv() => match control {
@@ -68,7 +87,8 @@ impl Executor {
                         while let Ok(control) = self.control.try_recv() {
                             Self::obey(&mut term, control);
                         }
-                        self.execute(&mut term, batch).await;
+                        self.sync_leases(&mut term, &mut leases).await;
+                        self.execute(&mut term, batch, &mut leases.clock).await;
                         if let Some(done) = drain {
                             self.drained(&mut term, done).await;
                         }
@@ -82,6 +102,9 @@ impl Executor {
                     {
                         self.renew(&mut term, t).await;
                     }
+                }
+                _ = sleep_until(next_expiry), if term.is_some() => {
+                    self.expire_leases(&mut term, &mut leases.clock).await;
                 }
                 _ = expiry.tick() => {
                     if term.is_some() {
@@ -156,7 +179,129 @@ impl Executor {
         (batch, None)
     }
 
-    async fn execute(&mut self, term: &mut Option<u64>, batch: Vec<Job>) {
+    /// Makes the lease clock match the term: empty when not serving; when serving a term
+    /// whose leases are not loaded yet, every lease in the store restarted at its full TTL (a
+    /// store error leaves it to the next call).
+    async fn sync_leases(&self, term: &mut Option<u64>, leases: &mut Leases) {
+        if leases.loaded == *term {
+            return;
+        }
+        leases.clock.clear();
+        leases.loaded = None;
+        let Some(t) = *term else { return };
+        let now = tokio::time::Instant::now();
+        let mut after = None;
+        loop {
+            let op = Op {
+                id: format!("leases:{t}"),
+                command: Command::List {
+                    prefix: Some(crate::store::logic::lease_prefix()),
+                    limit: Some(bully_client::DEFAULT_MAX_PAGE),
+                    after: after.take(),
+                },
+            };
+            let (items, next) = match self.store.apply_batch(t, &[op]).await {
+                Ok(mut results) => match results.pop() {
+                    Some(Ok(Applied {
+                        outcome: Outcome::Page { items, next },
+                        ..
+                    })) => (items, next),
+                    other => {
+                        warn!(result = ?other, "listing the leases gave no page");
+                        return;
+                    }
+                },
+                Err(e) => {
+                    self.store_failed(term, &e).await;
+                    warn!(error = %e, "listing the leases failed; retrying");
+                    return;
+                }
+            };
+            for entry in items {
+                let id = entry
+                    .key
+                    .rsplit('/')
+                    .next()
+                    .and_then(|id| id.parse::<u64>().ok());
+                match (id, crate::store::logic::LeaseRecord::parse(&entry.value)) {
+                    (Some(id), Ok(record)) => {
+                        leases
+                            .clock
+                            .renewed(id, Duration::from_millis(record.ttl_ms), now)
+                    }
+                    _ => warn!(key = %entry.key.escape_debug(), "unreadable lease record"),
+                }
+            }
+            match next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        info!(
+            term = t,
+            leases = leases.clock.len(),
+            "leases restarted at their full TTL"
+        );
+        leases.loaded = Some(t);
+    }
+
+    /// Applies an internal revoke for every lease that is due, in one batch of its own: in the
+    /// serial order, between two client batches.
+    async fn expire_leases(&mut self, term: &mut Option<u64>, clock: &mut LeaseClock) {
+        let Some(t) = *term else { return };
+        let now = tokio::time::Instant::now();
+        let due = clock.due(now);
+        if due.is_empty() {
+            return;
+        }
+        // A fresh id per attempt: a revoke is idempotent (a second one finds no lease), and no
+        // client can take the id first and block the expiry with an id conflict.
+        let ops: Vec<Op> = due
+            .iter()
+            .map(|&id| Op {
+                id: expiry_id(id, &bully_client::new_command_id()),
+                command: Command::LeaseRevoke { id },
+            })
+            .collect();
+        self.wrote = true;
+        match self.store.apply_batch(t, &ops).await {
+            Ok(results) => {
+                for (id, result) in due.into_iter().zip(results) {
+                    match result {
+                        Ok(applied) => {
+                            self.last_seq.fetch_max(applied.seq, Ordering::Relaxed);
+                            info!(lease = id, seq = applied.seq, term = t, "lease expired");
+                            clock.revoked(id);
+                        }
+                        Err(e) => {
+                            warn!(lease = id, error = %e, "expiring a lease failed; retrying");
+                            clock.retry_later(id, EXPIRY_RETRY, now);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                self.store_failed(term, &e).await;
+                warn!(error = %e, "expiring leases failed; retrying");
+                for id in due {
+                    clock.retry_later(id, EXPIRY_RETRY, now);
+                }
+            }
+        }
+    }
+
+    /// Steps down if `e` says the term was superseded.
+    async fn store_failed(&self, term: &mut Option<u64>, e: &StoreError) {
+        self.metrics.store_error(e);
+        if let StoreError::Fenced { mine, current } = e {
+            warn!(term = mine, current, "term superseded: stepping down");
+            *term = None;
+            self.metrics.fenced.inc();
+            let _ = self.events.send(Event::Fenced).await;
+        }
+    }
+
+    async fn execute(&mut self, term: &mut Option<u64>, batch: Vec<Job>, clock: &mut LeaseClock) {
         let results: Vec<Result<Applied, ExecError>> = match *term {
             None => batch.iter().map(|_| Err(ExecError::NotServing)).collect(),
             Some(t) => {
@@ -197,7 +342,21 @@ impl Executor {
                 }
             }
         };
+        let now = tokio::time::Instant::now();
         for (job, result) in batch.into_iter().zip(results) {
+            if let Ok(applied) = &result {
+                match (&job.request.command, &applied.outcome) {
+                    (
+                        Command::LeaseGrant { .. } | Command::LeaseKeepalive { .. },
+                        Outcome::Lease { id, ttl_ms },
+                    ) => clock.renewed(*id, Duration::from_millis(*ttl_ms), now),
+                    (Command::LeaseRevoke { id }, _)
+                    | (Command::LeaseKeepalive { id }, Outcome::LeaseNotFound { .. }) => {
+                        clock.revoked(*id)
+                    }
+                    _ => {}
+                }
+            }
             self.answer(job, result);
         }
     }
@@ -249,5 +408,13 @@ impl Executor {
                 warn!(error = %e, "expiring command records failed")
             }
         }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }

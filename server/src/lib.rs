@@ -37,6 +37,7 @@ pub mod election;
 pub mod error;
 pub mod executor;
 pub mod http;
+pub mod lease_clock;
 pub mod local;
 pub mod messages;
 pub mod metrics;
