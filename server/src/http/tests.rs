@@ -218,6 +218,26 @@ async fn bad_input_gets_a_4xx_naming_the_problem() {
             ErrorCode::InvalidCommand,
             "invalid",
         ),
+        (
+            Body::from(
+                json!({"id":"r","command":{"op":"get","key":"\u{10FFFF}lease/1"}}).to_string(),
+            ),
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidCommand,
+            "U+10FFFF",
+        ),
+        (
+            Body::from(r#"{"id":"t","command":{"op":"lease_grant","ttl_ms":5}}"#),
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidCommand,
+            "ttl_ms",
+        ),
+        (
+            Body::from(r#"{"id":"t","command":{"op":"lease_revoke","id":-1}}"#),
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidCommand,
+            "invalid",
+        ),
     ];
     for (body, status, expected, needle) in cases {
         let (got_status, value) = post(router.clone(), body).await;
@@ -282,6 +302,48 @@ async fn commands_execute_and_retries_are_deduplicated() {
     .await;
     assert_eq!(page["outcome"]["items"].as_array().unwrap().len(), 5);
     assert_eq!(page["outcome"]["next"], "p/4");
+}
+
+#[tokio::test]
+async fn leases_over_http() {
+    let h = harness(16, true).await;
+    let router = client_router(h.state.clone());
+    let (status, grant) = post(
+        router.clone(),
+        json!({"id":"g1","command":{"op":"lease_grant","ttl_ms":60000}}).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{grant}");
+    assert_eq!(grant["outcome"]["status"], "lease");
+    assert_eq!(grant["outcome"]["id"], grant["seq"]);
+    let id = grant["seq"].clone();
+    let (_, put) = post(
+        router.clone(),
+        json!({"id":"p1","command":{"op":"put","key":"e","value":1,"lease":id}}).to_string(),
+    )
+    .await;
+    assert_eq!(put["outcome"]["status"], "ok", "{put}");
+    let (_, revoke) = post(
+        router.clone(),
+        json!({"id":"r1","command":{"op":"lease_revoke","id":id}}).to_string(),
+    )
+    .await;
+    assert_eq!(revoke["outcome"]["status"], "ok", "{revoke}");
+    let (_, get) = post(
+        router.clone(),
+        json!({"id":"g","command":{"op":"get","key":"e"}}).to_string(),
+    )
+    .await;
+    assert_eq!(get["outcome"]["status"], "not_found");
+    let (_, keepalive) = post(
+        router,
+        json!({"id":"k","command":{"op":"lease_keepalive","id":id}}).to_string(),
+    )
+    .await;
+    assert_eq!(
+        keepalive["outcome"],
+        json!({"status":"lease_not_found","id":id})
+    );
 }
 
 #[tokio::test]
