@@ -312,9 +312,13 @@ impl MongoStore {
         }
         // Each key at most once: `first_read` yields a key only on its first command.
         let mut needed = logic::NeededValues::default();
+        // The reserved keys of leases that need no earlier read go in the same query: a batch
+        // of plain commands costs no extra round trip.
+        let extra = logic::extra_reads(ops, &snapshot);
         let keys: Vec<&str> = ops
             .iter()
             .filter_map(|op| needed.first_read(op, &snapshot))
+            .chain(extra.iter().map(String::as_str))
             .collect();
         if !keys.is_empty() {
             let docs: Vec<Document> = self
@@ -331,7 +335,8 @@ impl MongoStore {
                     .insert(text(doc, "_id")?.to_string(), value_of(doc)?);
             }
         }
-        // Leases: the reserved keys the batch's commands need, in (at most two) rounds.
+        snapshot.fetched.extend(extra);
+        // Leases: the owners of a revoked lease's keys, once its record is read.
         loop {
             let keys = logic::extra_reads(ops, &snapshot);
             if keys.is_empty() {
