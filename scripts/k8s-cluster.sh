@@ -116,7 +116,7 @@ pause_image() {
         mv "$src.tmp" "$src"
     fi
     tmp="$(mktemp -d)"
-    gcc -Os -Wall -Werror -static -DVERSION="v3.2-bully" -o "$tmp/pause" "$src"
+    gcc -Os -Wall -static -DVERSION=v3.2 -o "$tmp/pause" "$src"
     strip "$tmp/pause" 2>/dev/null || true
     printf 'FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRYPOINT ["/pause"]\n' >"$tmp/Dockerfile"
     DOCKER_BUILDKIT=0 docker build -q --label "$owner_label" -t "$pause_image" "$tmp" >/dev/null
