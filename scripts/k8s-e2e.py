@@ -20,6 +20,7 @@ import re
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -94,6 +95,15 @@ class Api:
         )
         with urllib.request.urlopen(req, context=self.context, timeout=2) as r:
             return json.load(r)
+
+    def delete_pod(self, name, grace=None):
+        body = json.dumps({} if grace is None else {"gracePeriodSeconds": grace}).encode()
+        req = urllib.request.Request(
+            f"{self.server}/api/v1/namespaces/{NS}/pods/{name}", data=body, method="DELETE",
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, context=self.context, timeout=10) as r:
+            r.read()
 
     def server_pods(self):
         sel = urllib.request.quote(SERVER_SELECTOR)
@@ -378,29 +388,46 @@ class E2E:
         old_ip = next(p["status"]["podIP"] for p in self.api.server_pods() if p["metadata"]["name"] == coord)
         svc_ip = kjson("get", "service", RELEASE)["spec"]["clusterIP"]
         log(f"{label}: kubectl delete pod {coord}{' --grace-period=0 --force' if force else ''} (term {term})")
-        extra = ["--grace-period=0", "--force"] if force else []
-        t0 = time.time()
-        kubectl("delete", "pod", coord, "--wait=false", *extra)
-        elected = labelled = serving = None
-        deadline = time.time() + 60
-        while time.time() < deadline and not (elected and labelled and serving):
-            now = time.time()
-            if not elected:
-                for n, s in self.statuses().items():
-                    if n != coord and s and s.get("role") == "coordinator" and (s.get("term") or 0) > term:
-                        elected = now - t0
-            if not labelled:
-                others = [c for c in labelled_coordinators(self.api.server_pods()) if c != coord]
-                if others:
-                    labelled = now - t0
-            if not serving:
+        survivors = {p["metadata"]["name"]: p["status"]["podIP"] for p in self.api.server_pods()
+                     if p["metadata"]["name"] != coord}
+        seen = {}
+
+        # One thread per observation, each polling as fast as its source answers: a request to a
+        # pod that is gone can take its whole timeout, and must not delay the other two.
+        def elected():
+            for ip in survivors.values():
+                s = status_of(f"{ip}:7070", self.tok, 0.3)
+                if s.get("role") == "coordinator" and (s.get("term") or 0) > term:
+                    return True
+
+        def labelled():
+            return [c for c in labelled_coordinators(self.api.server_pods()) if c != coord]
+
+        def serving():
+            s = status_of(f"{svc_ip}:7070", self.tok, 0.3)
+            return s.get("role") == "coordinator" and not s.get("client_addr", "").startswith(old_ip + ":")
+
+        def watch(name, fn):
+            while time.time() < t0 + 60:
                 try:
-                    s = status_of(f"{svc_ip}:7070", self.tok, 0.3)
-                    if s.get("role") == "coordinator" and not s.get("client_addr", "").startswith(old_ip + ":"):
-                        serving = now - t0
+                    if fn():
+                        seen[name] = time.time() - t0
+                        return
                 except Exception:  # noqa: BLE001
                     pass
-            time.sleep(0.03)
+                time.sleep(0.02)
+
+        threads = [threading.Thread(target=watch, args=(n, f)) for n, f in
+                   (("elected", elected), ("labelled", labelled), ("serving", serving))]
+        t0 = time.time()
+        # What `kubectl delete pod` (`--grace-period=0 --force`) sends, without a kubectl
+        # process starting in between, so that the times start at the request.
+        self.api.delete_pod(coord, 0 if force else None)
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elected, labelled, serving = seen.get("elected"), seen.get("labelled"), seen.get("serving")
         check(elected is not None, f"a new coordinator was elected {elected:.2f} s after the delete"
               if elected else "a new coordinator was elected")
         check(labelled is not None, f"the controller moved the label {labelled:.2f} s after the delete"
@@ -426,7 +453,7 @@ class E2E:
         before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in self.api.server_pods()}
         t0 = time.time()
         self.helm("upgrade", RELEASE, self.args.chart, "-f", self.args.values, "--wait", "--timeout", "5m",
-                  "--set", f"server.podAnnotations.e2e/rolled={int(t0)}")
+                  "--set-string", f"server.podAnnotations.e2e/rolled={int(t0)}")
         poll("a settled cluster after the upgrade", 120, self.settled, 0.2)
         end = time.time()
         after = {p["metadata"]["name"]: p["metadata"]["uid"] for p in self.api.server_pods()}
