@@ -231,6 +231,7 @@ up() {
     start apiserver "$bin/kube-apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" \
         --bind-address="$ip" --advertise-address="$ip" --secure-port="$apiserver_port" \
         --tls-cert-file="$state/pki/apiserver.crt" --tls-private-key-file="$state/pki/apiserver.key" \
+        --client-ca-file="$state/pki/ca.crt" \
         --token-auth-file="$state/pki/tokens.csv" --authorization-mode=Node,RBAC \
         --enable-admission-plugins=NodeRestriction --allow-privileged=true \
         --service-account-issuer="https://kubernetes.default.svc.$cluster_domain" \
@@ -317,7 +318,7 @@ delete_kube_chains() { # delete_kube_chains iptables|ip6tables
         "$cmd" -t "$table" -S | grep -E '^-A ' | grep -vE '^-A KUBE-' | grep -E -- '-j KUBE-' |
             while read -r rule; do
                 eval "$cmd -t $table ${rule/-A /-D }" 2>/dev/null || true
-            done
+            done || true
         for chain in $("$cmd" -t "$table" -S | awk '/^-N KUBE-/ { print $2 }'); do
             "$cmd" -t "$table" -F "$chain" 2>/dev/null || true
         done
@@ -348,7 +349,7 @@ down_quiet() {
     if [ -d "$state" ]; then
         findmnt -rn -o TARGET | grep -E "^$state/" | sort -r | while read -r mount; do
             umount -l "$mount" 2>/dev/null || true
-        done
+        done || true
     fi
     ip link del "$svc_dev" 2>/dev/null || true
     if [ -f "$state/sysctls" ]; then
