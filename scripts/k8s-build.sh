@@ -72,7 +72,11 @@ fi
 cd "$tree"
 what=""
 for c in $components; do what="$what cmd/$c"; done
-if ! nice -n 10 env -u GOFLAGS GOPROXY=off make WHAT="${what# }" >"$cache/make.log" 2>&1; then
+# KUBE_STATIC_OVERRIDES=kubelet: the kubelet without cgo, like the other five. With cgo (the
+# default for it) every package it depends on is compiled a second time in another
+# configuration, which nearly doubles the build.
+if ! nice -n 10 env -u GOFLAGS GOPROXY=off KUBE_STATIC_OVERRIDES=kubelet make WHAT="${what# }" \
+    >"$cache/make.log" 2>&1; then
     tail -30 "$cache/make.log" >&2
     exit 1
 fi

@@ -315,14 +315,14 @@ delete_kube_chains() { # delete_kube_chains iptables|ip6tables
     for table in filter nat mangle; do
         "$cmd" -t "$table" -S >/dev/null 2>&1 || continue
         # Rules of other chains that jump to a KUBE- chain, then the KUBE- chains themselves.
-        "$cmd" -t "$table" -S | grep -E '^-A ' | grep -vE '^-A KUBE-' | grep -E -- '-j KUBE-' |
+        "$cmd" -t "$table" -S 2>/dev/null | grep -E '^-A ' | grep -vE '^-A KUBE-' | grep -E -- '-j KUBE-' |
             while read -r rule; do
                 eval "$cmd -t $table ${rule/-A /-D }" 2>/dev/null || true
             done || true
-        for chain in $("$cmd" -t "$table" -S | awk '/^-N KUBE-/ { print $2 }'); do
+        for chain in $("$cmd" -t "$table" -S 2>/dev/null | awk '/^-N KUBE-/ { print $2 }'); do
             "$cmd" -t "$table" -F "$chain" 2>/dev/null || true
         done
-        for chain in $("$cmd" -t "$table" -S | awk '/^-N KUBE-/ { print $2 }'); do
+        for chain in $("$cmd" -t "$table" -S 2>/dev/null | awk '/^-N KUBE-/ { print $2 }'); do
             "$cmd" -t "$table" -X "$chain" 2>/dev/null || true
         done
     done
