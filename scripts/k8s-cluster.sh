@@ -26,7 +26,8 @@
 #
 # Needs root, a Docker engine with cgroupfs (cgroups v1), and, on the first run, Debian's
 # package registry (golang-go, etcd, dnsmasq-base, conntrack; ~25 min build on 2 cores).
-# Environment: BULLY_K8S_STATE (default /var/lib/bully-k8s), BULLY_K8S_CACHE (/var/cache/bully).
+# Environment: BULLY_K8S_STATE (default /var/lib/bully-k8s), BULLY_K8S_CACHE (/var/cache/bully),
+# BULLY_K8S_DNS_INTERVAL (seconds between DNS updates, default 1: how far DNS lags the pods).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -292,7 +293,7 @@ up() {
         --log-facility=- --pid-file=
     start dns python3 "$root/scripts/k8s-dns.py" --kubeconfig "$state/admin.kubeconfig" \
         --hosts "$state/dns/hosts" --dnsmasq-pid-file "$state/pids/dnsmasq" \
-        --domain "$cluster_domain"
+        --domain "$cluster_domain" --interval "${BULLY_K8S_DNS_INTERVAL:-1}"
 
     wait_until 90 "the node to be Ready" node_ready
     wait_until 60 "the default service account" kubectl -n default get serviceaccount default

@@ -135,7 +135,7 @@ set_status 0 100 follower
 set_status 1 200 follower
 set_status 2 300 coordinator 1
 
-echo -n smoke-token >token
+echo -n smoke-token-0123456789 >token
 KUBECONFIG="$run/kubeconfig-ctrl" BULLY_CONTROLLER_NAMESPACE=default POD_NAME=smoke \
     "$root/target/debug/bully-controller" run --metrics-listen 127.0.0.1:18080 --token-file token \
     --pod-selector app.kubernetes.io/instance=bully >controller.log 2>&1 &
