@@ -4,7 +4,7 @@
 # `kubernetes` source package with Debian's Go, and caches them outside the checkout, keyed by
 # version:
 #   ${BULLY_K8S_CACHE:-/var/cache/bully}/kubernetes-1.20.2/bin/
-# A warm run (all six binaries present) returns at once. A cold run takes ~25 min on 2 cores
+# A warm run (all six binaries present) returns at once. A cold run takes ~20 min on 2 cores
 # (nice'd) and needs root and Debian's package registry (apt).
 #
 # Changes to Debian's tree, all needed on these machines:
@@ -27,7 +27,7 @@ built() {
 built && exit 0
 
 [ "$(id -u)" = 0 ] || { echo "k8s-build: needs root (apt-get, /var/cache)" >&2; exit 1; }
-echo "k8s-build: building Kubernetes $version from Debian's kubernetes source package into $bin (~25 min)" >&2
+echo "k8s-build: building Kubernetes $version from Debian's kubernetes source package into $bin (~20 min)" >&2
 start=$SECONDS
 export DEBIAN_FRONTEND=noninteractive
 if ! command -v go >/dev/null || ! command -v etcd >/dev/null || ! command -v rsync >/dev/null \

@@ -25,7 +25,7 @@
 # rewrites is dropped there instead of leaving by the default route.
 #
 # Needs root, a Docker engine with cgroupfs (cgroups v1), and, on the first run, Debian's
-# package registry (golang-go, etcd, dnsmasq-base, conntrack; ~25 min build on 2 cores).
+# package registry (golang-go, etcd, dnsmasq-base, conntrack; ~20 min build on 2 cores).
 # Environment: BULLY_K8S_STATE (default /var/lib/bully-k8s), BULLY_K8S_CACHE (/var/cache/bully),
 # BULLY_K8S_DNS_INTERVAL (seconds between DNS updates, default 1: how far DNS lags the pods).
 set -euo pipefail

@@ -15,7 +15,7 @@
 # upgrade's total and longest stall).
 #
 # Needs root and a Docker engine (the kubelet runs the pods on it). Brings the cluster up when it
-# is not (the first time: a ~25 min build of Kubernetes, cached in /var/cache/bully) and takes it
+# is not (the first time: a ~20 min build of Kubernetes, cached in /var/cache/bully) and takes it
 # down again at the end, also on failure (then the cluster's and the pods' logs are kept in
 # target/k8s-e2e-logs). A cluster that was already up is left up (BULLY_K8S_DOWN=1: down anyway).
 set -euo pipefail

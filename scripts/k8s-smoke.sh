@@ -11,7 +11,7 @@
 #
 # First run: scripts/k8s-build.sh installs Debian packages (golang-go, etcd-server, ...),
 # downloads Debian's `kubernetes` source package and builds Kubernetes 1.20.2 into
-# /var/cache/bully/kubernetes-1.20.2/bin (~25 min on 2 cores). Needs root, python3, cargo, and
+# /var/cache/bully/kubernetes-1.20.2/bin (~20 min on 2 cores). Needs root, python3, cargo, and
 # the ports 16443, 16444, 23790, 23800, 18080 and 127.0.0.2-4:7070 free. Leaves nothing running.
 set -euo pipefail
 

@@ -3,7 +3,7 @@
 # MongoDB-compatible test server; etcd for the benchmark smoke test; helm and kubernetes-validate for the chart), checks format
 # and lints, builds every binary, then runs every test, the container tests and the Kubernetes
 # end-to-end test last (they build their images first: about 10 minutes the first time, 2 when
-# they exist; the Kubernetes build about 25 minutes the first time, cached in /var/cache/bully).
+# they exist; the Kubernetes build about 20 minutes the first time, cached in /var/cache/bully).
 # Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,7 +53,7 @@ step "Kubernetes end-to-end test"
 # The chart on a real single-node Kubernetes 1.20.2 (scripts/k8s-cluster.sh: a kubelet running
 # the pods on the same Docker engine): install, failovers by kubectl delete pod, a rolling
 # upgrade, exactly-once (scripts/k8s-e2e.sh, about 3 minutes). The first run on a machine builds
-# Kubernetes from Debian's source package (about 25 minutes on 2 cores), cached in
+# Kubernetes from Debian's source package (about 20 minutes on 2 cores), cached in
 # /var/cache/bully/kubernetes-1.20.2 for every later run. Needs root and the Docker engine.
 # BULLY_SKIP_K8S_E2E=1 skips it (say so in the summary: it is then NOT run).
 if [ "${BULLY_SKIP_K8S_E2E:-0}" = 1 ]; then
