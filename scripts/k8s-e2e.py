@@ -468,23 +468,51 @@ class E2E:
         failed = self.workload.failures_between(t0, end)
         check(not failed, f"zero failed client commands across the rolling upgrade ({failed})")
 
-    def controller_restart(self):
-        log("6. the controller pod deleted")
+    def controller_failover(self):
+        log("6. the leading controller pod deleted during a coordinator failover")
         sel = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=controller"
-        old = kjson("get", "pods", "-l", sel)["items"]
-        check(len(old) == 1, "one controller pod")
+        lease_path = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/{RELEASE}-controller"
+        duration = 10  # controller.leaderElection.leaseDurationSeconds, the chart's default
+
+        def live_controllers():
+            return [p for p in kjson("get", "pods", "-l", sel)["items"]
+                    if not p["metadata"].get("deletionTimestamp")]
+
+        def all_ready():
+            pods = live_controllers()
+            return pods if len(pods) == 2 and all(ready(p) for p in pods) else None
+
+        pods = poll("both controller replicas Ready", 120, all_ready, 0.5)
+        leader = poll("a controller holding the Lease", 60,
+                      lambda: self.api.get(lease_path)["spec"].get("holderIdentity"), 0.2)
+        check(leader in {p["metadata"]["name"] for p in pods},
+              f"two controller replicas; {leader} holds the Lease")
         coord, term = poll("a settled cluster", 60, self.settled, 0.2)
         t0 = time.time()
-        kubectl("delete", "pod", old[0]["metadata"]["name"], "--wait=false")
+        # Both at once: the leader's graceful stop releases the Lease; the coordinator hands off.
+        self.api.delete_pod(leader)
+        self.api.delete_pod(coord)
 
-        def back():
-            pods = [p for p in kjson("get", "pods", "-l", sel)["items"] if not p["metadata"].get("deletionTimestamp")]
-            return len(pods) == 1 and pods[0]["metadata"]["uid"] != old[0]["metadata"]["uid"] and ready(pods[0])
+        def moved():
+            labelled = labelled_coordinators(self.api.server_pods())
+            return labelled and all(c != coord for c in labelled)
 
-        poll("a new controller pod Ready", 120, back, 0.5)
-        times["controller delete -> new controller Ready"] = time.time() - t0
-        check(poll("a settled cluster", 30, self.settled, 0.2) == (coord, term),
-              f"the label and the status still right ({coord}, term {term})")
+        poll("the label on the new coordinator", duration + 30, moved, 0.05)
+        moved_after = time.time() - t0
+        times["controller leader + coordinator deleted -> label moved"] = moved_after
+        check(moved_after <= duration + 5, f"the label moved {moved_after:.2f} s after deleting the "
+              f"leading controller and the coordinator (bound: the {duration} s lease + 5 s)")
+        new_leader = self.api.get(lease_path)["spec"].get("holderIdentity")
+        check(new_leader and new_leader != leader, f"{new_leader} took over the Lease from {leader}")
+        new_coord, new_term = poll("the pods recreated and 3/3 again", 180, self.settled, 0.2)
+        poll("both controller replicas Ready again", 180, all_ready, 0.5)
+        times["controller leader deleted -> 2 replicas Ready again"] = time.time() - t0
+        status = self.cluster()["status"]
+        check(new_term > term and status.get("coordinator") == new_coord and status.get("term") == new_term,
+              f"the label and the status still right ({new_coord}, term {new_term}, "
+              f"reconciled by {status.get('reconciledBy')})")
+        failed = self.workload.failures_between(t0, time.time())
+        check(not failed, f"zero failed client commands across it ({failed})")
 
     def exactly_once(self):
         log("7. every acknowledged command exactly once")
@@ -553,7 +581,7 @@ class E2E:
         self.delete_coordinator("3. graceful delete", force=False)
         self.delete_coordinator("4. force delete", force=True)
         self.upgrade()
-        self.controller_restart()
+        self.controller_failover()
         self.exactly_once()
         self.uninstall()
         run("kubectl", "delete", "namespace", NS, "--wait=false")

@@ -9,7 +9,8 @@
 #      client Job after it, zero failed commands;
 #   4. the same with --grace-period=0 --force;
 #   5. helm upgrade rolling every server: zero failed commands;
-#   6. the controller pod deleted: it comes back, label and status still right;
+#   6. the leading controller pod and the coordinator deleted at once: the standby takes the
+#      Lease and moves the label within the lease duration plus 5 s;
 #   7. every acknowledged command in the store exactly once; helm uninstall leaves nothing.
 # Prints the times it measured (delete -> elected / label moved / Service serving; the rolling
 # upgrade's total and longest stall).
