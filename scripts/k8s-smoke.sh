@@ -10,55 +10,19 @@
 #     status and events; a second replica stands by on the Lease and takes over (and moves the
 #     label) after the leader is killed; the leader releases the Lease and exits on SIGTERM.
 #
-# First run: installs Debian packages (golang-go, etcd-server, ...), downloads Debian's
-# `kubernetes` source package and builds kube-apiserver and kube-controller-manager into
-# .tools/kube-1.20 (~5 min on 2 cores). Needs root, python3, cargo, and the ports 16443, 16444,
-# 23790, 23800, 18080, 18081 and 127.0.0.2-4:7070 free. Leaves nothing running.
+# First run: scripts/k8s-build.sh installs Debian packages (golang-go, etcd-server, ...),
+# downloads Debian's `kubernetes` source package and builds Kubernetes 1.20.2 into
+# /var/cache/bully/kubernetes-1.20.2/bin (~20 min on 2 cores). Needs root, python3, cargo, and
+# the ports 16443, 16444, 23790, 23800, 18080, 18081 and 127.0.0.2-4:7070 free. Leaves nothing running.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
-kube="$root/.tools/kube-1.20"
-bin="$kube/bin"
+# Built once by k8s-build.sh, cached outside the checkout (shared with k8s-cluster.sh).
+bin="${BULLY_K8S_CACHE:-/var/cache/bully}/kubernetes-1.20.2/bin"
 # shellcheck source=k8s-tools.sh
 source "$root/scripts/k8s-tools.sh"
 
-build_kube() {
-    [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kube-controller-manager" ] && return 0
-    echo "k8s-smoke: building kube-apiserver 1.20 from Debian's kubernetes source package" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    # reflect2 1.0.2: the vendored 1.0.1 crashes (SIGSEGV in map iteration) when built with Go
-    # >= 1.18, as soon as a custom resource is created.
-    apt-get install -y -qq golang-go etcd-server etcd-client rsync golang-github-modern-go-reflect2-dev >/dev/null
-    mkdir -p "$kube/apt/lists/partial" "$kube/apt/archives/partial" "$kube/src"
-    echo "deb-src http://deb.debian.org/debian bookworm main" >"$kube/apt/sources.list"
-    cat >"$kube/apt/apt.conf" <<EOF
-Dir::Etc::SourceList "$kube/apt/sources.list";
-Dir::Etc::SourceParts "/nonexistent";
-Dir::State::Lists "$kube/apt/lists";
-Dir::Cache::Archives "$kube/apt/archives";
-EOF
-    (
-        cd "$kube/src"
-        APT_CONFIG="$kube/apt/apt.conf" apt-get update -qq
-        APT_CONFIG="$kube/apt/apt.conf" apt-get source --download-only kubernetes >/dev/null 2>&1
-        rm -rf kubernetes-1.20.2
-        tar xzf kubernetes_*.orig.tar.gz
-        cd kubernetes-1.20.2
-        vendored=vendor/github.com/modern-go/reflect2
-        rm -rf "$vendored" && mkdir -p "$vendored"
-        cp /usr/share/gocode/src/github.com/modern-go/reflect2/*.go \
-            /usr/share/gocode/src/github.com/modern-go/reflect2/*.s "$vendored/"
-        rm -f "$vendored"/*_test.go
-        env -u GOFLAGS GOPROXY=off make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" >"$kube/make.log" 2>&1 \
-            || { tail -30 "$kube/make.log" >&2; exit 1; }
-        mkdir -p "$bin"
-        cp _output/bin/kube-apiserver _output/bin/kube-controller-manager "$bin/"
-        cd .. && rm -rf kubernetes-1.20.2
-    )
-}
-
-build_kube
+bash "$root/scripts/k8s-build.sh"
 command -v etcd >/dev/null || { echo "k8s-smoke: etcd missing (apt-get install etcd-server)" >&2; exit 1; }
 (cd "$root" && cargo build --quiet -p bully-controller)
 

@@ -2,9 +2,10 @@
 # Runs the whole test suite on a fresh machine: installs what the tests need (SecantusDB, the
 # MongoDB-compatible test server; etcd for the benchmark smoke test; promtool for the alerting
 # rules and the metrics; helm and kubernetes-validate for the chart), checks format
-# and lints, builds every binary, then runs every test, the container tests last (they build
-# their images first: about 10 minutes the first time, 2 when they exist). Exits non-zero on
-# any failure.
+# and lints, builds every binary, then runs every test, the container tests and the Kubernetes
+# end-to-end test last (they build their images first: about 10 minutes the first time, 2 when
+# they exist; the Kubernetes build about 20 minutes the first time, cached in /var/cache/bully).
+# Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,6 +50,27 @@ elif [ "${BULLY_REQUIRE_DOCKER:-0}" = 1 ]; then
     status=1
 else
     echo "WARNING: no Docker engine answers (docker info failed): container tests NOT run" \
+        | tee -a target/test-output.log
+fi
+
+step "Kubernetes end-to-end test"
+# The chart on a real single-node Kubernetes 1.20.2 (scripts/k8s-cluster.sh: a kubelet running
+# the pods on the same Docker engine): install, failovers by kubectl delete pod, a rolling
+# upgrade, exactly-once (scripts/k8s-e2e.sh, about 3 minutes). The first run on a machine builds
+# Kubernetes from Debian's source package (about 20 minutes on 2 cores), cached in
+# /var/cache/bully/kubernetes-1.20.2 for every later run. Needs root and the Docker engine.
+# BULLY_SKIP_K8S_E2E=1 skips it (say so in the summary: it is then NOT run).
+if [ "${BULLY_SKIP_K8S_E2E:-0}" = 1 ]; then
+    echo "WARNING: BULLY_SKIP_K8S_E2E=1: Kubernetes end-to-end test NOT run" | tee -a target/test-output.log
+elif docker info >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    bash scripts/k8s-e2e.sh 2>&1 | tee -a target/test-output.log
+    k8s_status=${PIPESTATUS[0]}
+    if [ "$k8s_status" -ne 0 ]; then status=$k8s_status; fi
+elif [ "${BULLY_REQUIRE_DOCKER:-0}" = 1 ]; then
+    echo "error: the Kubernetes end-to-end test needs root and a Docker engine" >&2
+    status=1
+else
+    echo "WARNING: no Docker engine answers, or not root: Kubernetes end-to-end test NOT run" \
         | tee -a target/test-output.log
 fi
 set -e

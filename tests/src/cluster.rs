@@ -69,6 +69,8 @@ pub struct Cluster {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Servers run as deployed (see [`Cluster::start_as_deployed`]), not with test settings.
     as_deployed: bool,
+    /// Each server knows only the servers before it (see [`Cluster::start_staggered`]).
+    staggered: bool,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -89,7 +91,36 @@ impl Cluster {
         Self::launch(ranks, store, extra, true)
     }
 
+    /// Servers that find each other only as they start, as behind a DNS that lists a server
+    /// only some time after it started (cluster DNS caches): server `i` is given only the
+    /// servers started before it (the first one none) and learns of later ones from their
+    /// messages. They start `gap` apart, in rank order as given.
+    pub fn start_staggered(
+        ranks: &[u64],
+        store: StoreSpec,
+        gap: Duration,
+        extra: &[&str],
+    ) -> Cluster {
+        let mut cluster = Self::create(ranks, store, extra, false);
+        cluster.staggered = true;
+        for i in 0..ranks.len() {
+            if i > 0 {
+                std::thread::sleep(gap);
+            }
+            cluster.spawn(i);
+        }
+        cluster
+    }
+
     fn launch(ranks: &[u64], store: StoreSpec, extra: &[&str], as_deployed: bool) -> Cluster {
+        let mut cluster = Self::create(ranks, store, extra, as_deployed);
+        for i in 0..ranks.len() {
+            cluster.spawn(i);
+        }
+        cluster
+    }
+
+    fn create(ranks: &[u64], store: StoreSpec, extra: &[&str], as_deployed: bool) -> Cluster {
         let serial = SERIAL
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -116,7 +147,7 @@ impl Cluster {
                     .trim()
                     .to_string()
             });
-        let mut cluster = Cluster {
+        Cluster {
             servers,
             dir,
             store,
@@ -125,12 +156,9 @@ impl Cluster {
             token,
             tls: None,
             as_deployed,
+            staggered: false,
             _serial: serial,
-        };
-        for i in 0..ranks.len() {
-            cluster.spawn(i);
         }
-        cluster
     }
 
     /// (Re)starts server `i` with its current rank.
@@ -147,8 +175,15 @@ impl Cluster {
             .args(["--listen", &server.client_addr])
             .args(["--peer-listen", &server.peer_addr])
             .args(["--advertise-host", "127.0.0.1"])
-            .args(["--peers", &self.peers.join(",")])
             .args(["--rank", &server.rank.to_string()]);
+        let peers = if self.staggered {
+            &self.peers[..i]
+        } else {
+            &self.peers[..]
+        };
+        if !peers.is_empty() {
+            command.args(["--peers", &peers.join(",")]);
+        }
         if self.as_deployed {
             command.env("RUST_LOG", "info");
         } else {

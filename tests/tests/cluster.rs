@@ -91,6 +91,47 @@ async fn three_servers_elect_the_highest_rank() {
     assert_eq!((response.outcome, response.term), (Outcome::Ok, term));
 }
 
+/// Servers started one after another that do not know each other yet (each knows only the ones
+/// started before it, as a lagging cluster DNS lists them) claim exactly one term between them
+/// when they know how many servers to expect, and the highest rank wins. Issue 16: on a fresh
+/// install each server claimed its own term (terms 1, 2 and 3). The same start without the
+/// expected count shows the race the rule prevents: the first server elects itself alone, and
+/// each higher-ranked one takes over with a new term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn servers_that_find_each_other_late_claim_one_term() {
+    let gap = Duration::from_millis(300);
+    let expecting = ["--expected-servers", "3", "--startup-grace", "5s"];
+    let cluster = Cluster::start_staggered(&[100, 200, 300], StoreSpec::Embedded, gap, &expecting);
+    let term = cluster.await_coordinator(2, failover_bound()).await;
+    assert_eq!(term, 1, "the servers claimed {term} terms");
+    assert_eq!(
+        embedded_store(&cluster).fence_state().await.unwrap().term,
+        1
+    );
+    drop(cluster);
+
+    let cluster = Cluster::start_staggered(&[100, 200, 300], StoreSpec::Embedded, gap, &[]);
+    let term = cluster.await_coordinator(2, failover_bound()).await;
+    assert!(term > 1, "without the expected count: {term} term(s)");
+}
+
+/// A lone first server (the others not started yet, or gone) is still elected, once the
+/// startup grace is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lone_first_server_is_elected_after_the_startup_grace() {
+    let grace = Duration::from_secs(2);
+    let extra = ["--expected-servers", "3", "--startup-grace", "2s"];
+    let started = std::time::Instant::now();
+    let cluster = Cluster::start_staggered(&[300], StoreSpec::Embedded, Duration::ZERO, &extra);
+    let term = cluster.await_coordinator(0, failover_bound()).await;
+    assert!(
+        started.elapsed() >= grace,
+        "elected after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(term, 1);
+}
+
 /// A long-lived client remembers the coordinator: the follower listed first redirects its
 /// first command only; every later one goes straight to the coordinator.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

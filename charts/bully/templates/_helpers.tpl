@@ -269,6 +269,13 @@ MongoDB names.
 {{- end }}
 
 {{/*
+The SecantusDB store (secantus.enabled).
+*/}}
+{{- define "bully.secantusName" -}}
+{{- printf "%s-secantus" (include "bully.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
 host:port of every member of the chart's replica set, comma-separated.
 */}}
 {{- define "bully.mongodbHosts" -}}
@@ -290,7 +297,9 @@ Secret holding the MongoDB connection string (key `uri`).
 The connection string the chart stores.
 */}}
 {{- define "bully.mongodbUri" -}}
-{{- if .Values.mongodb.enabled }}
+{{- if .Values.secantus.enabled }}
+{{- printf "mongodb://%s.%s.svc.%s:%d/?directConnection=true" (include "bully.secantusName" .) .Release.Namespace .Values.clusterDomain (int .Values.secantus.port) }}
+{{- else if .Values.mongodb.enabled }}
 {{- printf "mongodb://%s/?replicaSet=%s" (include "bully.mongodbHosts" .) .Values.mongodb.replicaSetName }}
 {{- else }}
 {{- required "mongodb.uri (or mongodb.existingSecret) is required when mongodb.enabled is false" .Values.mongodb.uri }}

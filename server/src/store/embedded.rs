@@ -12,8 +12,8 @@
 //! SQLite's automatic checkpoint runs on the committing connection, after the commit: every
 //! thousand WAL pages the executor would stop to copy them into the database file and fsync it,
 //! with every command behind it waiting. Instead a checkpointer thread with its own connection
-//! copies pages in the background ([`CHECKPOINT_EVERY`], `PASSIVE`: it never blocks a writer),
-//! and once the WAL holds [`RESTART_FRAMES`] it finishes with a `TRUNCATE` checkpoint, which
+//! copies pages in the background (every 100 ms, `PASSIVE`: it never blocks a writer),
+//! and once the WAL holds 16 MiB it finishes with a `TRUNCATE` checkpoint, which
 //! waits for the commit under way, copies what is left (little: the passive rounds did the rest)
 //! and empties the file, so the WAL stays bounded under a continuous write load. The automatic
 //! checkpoint stays as a backstop, far above that bound, should the thread fall behind.
