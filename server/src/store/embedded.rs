@@ -262,6 +262,17 @@ fn load_record(conn: &Connection, id: &str) -> Result<Option<(Record, String)>> 
     }
 }
 
+/// The stored value of `key`, if any.
+fn stored_value(tx: &rusqlite::Transaction<'_>, key: &str) -> Result<Option<serde_json::Value>> {
+    let stored = tx
+        .prepare_cached("SELECT value FROM kv WHERE key = ?1")
+        .map_err(sql)?
+        .query_row([key], |row| row.get::<_, String>(0))
+        .optional()
+        .map_err(sql)?;
+    stored.map(|text| parse(&text, "stored value")).transpose()
+}
+
 /// One batch in one transaction: `BEGIN IMMEDIATE` (the write lock, held to the commit) when
 /// it writes, a plain read transaction (a consistent snapshot, no fsync) when it only reads.
 fn apply_batch_in(conn: &mut Connection, term: u64, ops: &[Op]) -> Result<Vec<Result<Applied>>> {
@@ -289,18 +300,10 @@ fn apply_batch_in(conn: &mut Connection, term: u64, ops: &[Op]) -> Result<Vec<Re
         {
             snapshot.records.insert(op.id.clone(), found);
         }
-        if let Some(key) = needed.first_read(op, &snapshot) {
-            let stored = tx
-                .prepare_cached("SELECT value FROM kv WHERE key = ?1")
-                .map_err(sql)?
-                .query_row([key], |row| row.get::<_, String>(0))
-                .optional()
-                .map_err(sql)?;
-            if let Some(text) = stored {
-                snapshot
-                    .values
-                    .insert(key.to_string(), parse(&text, "stored value")?);
-            }
+        if let Some(key) = needed.first_read(op, &snapshot)
+            && let Some(value) = stored_value(&tx, key)?
+        {
+            snapshot.values.insert(key.to_string(), value);
         }
     }
     // Leases: the reserved keys the batch's commands need, in (at most two) rounds.
@@ -310,16 +313,8 @@ fn apply_batch_in(conn: &mut Connection, term: u64, ops: &[Op]) -> Result<Vec<Re
             break;
         }
         for key in keys {
-            let stored = tx
-                .prepare_cached("SELECT value FROM kv WHERE key = ?1")
-                .map_err(sql)?
-                .query_row([&key], |row| row.get::<_, String>(0))
-                .optional()
-                .map_err(sql)?;
-            if let Some(text) = stored {
-                snapshot
-                    .values
-                    .insert(key.clone(), parse(&text, "stored value")?);
+            if let Some(value) = stored_value(&tx, &key)? {
+                snapshot.values.insert(key.clone(), value);
             }
             snapshot.fetched.insert(key);
         }

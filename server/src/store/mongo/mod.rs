@@ -321,19 +321,7 @@ impl MongoStore {
             .chain(extra.iter().map(String::as_str))
             .collect();
         if !keys.is_empty() {
-            let docs: Vec<Document> = self
-                .kv
-                .find(doc! { "_id": { "$in": &keys } })
-                .session(&mut session)
-                .await?
-                .stream(&mut session)
-                .try_collect()
-                .await?;
-            for doc in &docs {
-                snapshot
-                    .values
-                    .insert(text(doc, "_id")?.to_string(), value_of(doc)?);
-            }
+            self.read_values(&keys, &mut snapshot, &mut session).await?;
         }
         snapshot.fetched.extend(extra);
         // Leases: the owners of a revoked lease's keys, once its record is read.
@@ -342,19 +330,7 @@ impl MongoStore {
             if keys.is_empty() {
                 break;
             }
-            let docs: Vec<Document> = self
-                .kv
-                .find(doc! { "_id": { "$in": &keys } })
-                .session(&mut session)
-                .await?
-                .stream(&mut session)
-                .try_collect()
-                .await?;
-            for doc in &docs {
-                snapshot
-                    .values
-                    .insert(text(doc, "_id")?.to_string(), value_of(doc)?);
-            }
+            self.read_values(&keys, &mut snapshot, &mut session).await?;
             snapshot.fetched.extend(keys);
         }
         for (query, n) in logic::list_scans(ops) {
@@ -420,6 +396,30 @@ impl MongoStore {
         }
         commit(&mut session).await?;
         Ok(plan.results)
+    }
+
+    /// The stored values of `keys` (those that exist) into `snapshot`, in one query.
+    async fn read_values(
+        &self,
+        keys: &[impl AsRef<str>],
+        snapshot: &mut Snapshot,
+        session: &mut ClientSession,
+    ) -> Attempt<()> {
+        let keys: Vec<&str> = keys.iter().map(AsRef::as_ref).collect();
+        let docs: Vec<Document> = self
+            .kv
+            .find(doc! { "_id": { "$in": &keys } })
+            .session(&mut *session)
+            .await?
+            .stream(&mut *session)
+            .try_collect()
+            .await?;
+        for doc in &docs {
+            snapshot
+                .values
+                .insert(text(doc, "_id")?.to_string(), value_of(doc)?);
+        }
+        Ok(())
     }
 
     /// Up to `n` entries of `query`'s range in `_id` order. MongoDB compares strings bytewise
